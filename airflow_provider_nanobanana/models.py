@@ -100,12 +100,19 @@ class CancelOutcome(str, Enum):
         return cls._value2member_map_.get(text, cls.UNKNOWN)  # type: ignore[return-value]
 
 
-def _check_url(url: str, *, allow_insecure: bool) -> str:
+def _check_url(url: str, *, allow_insecure: bool, allow_unresolved: bool) -> str:
+    if not isinstance(url, str):
+        raise ValueError(f"must be a URL string, got {type(url).__name__}")
     parts = urlsplit(url)
+    if allow_unresolved and (parts.scheme == "s3" and parts.netloc and parts.path.strip("/")):
+        return url  # resolved to a pre-signed https URL before submitting
     allowed = ("https", "http") if allow_insecure else ("https",)
     if parts.scheme not in allowed or not parts.hostname:
         hint = "" if allow_insecure else " (http:// needs the connection extra allow_insecure_inputs=true)"
-        raise ValueError(f"must be an absolute {' or '.join(s + '://' for s in allowed)} URL{hint}")
+        kinds = " or ".join(s + "://" for s in allowed) + (
+            " URL or an s3://bucket/key URI" if allow_unresolved else " URL"
+        )
+        raise ValueError(f"must be an absolute {kinds}{hint}")
     return url
 
 
@@ -139,19 +146,28 @@ class EditRequest(BaseModel):
     @field_validator("image_urls")
     @classmethod
     def _urls_fetchable(cls, urls: list[str], info: ValidationInfo) -> list[str]:
-        allow_insecure = bool((info.context or {}).get("allow_insecure_inputs", False))
+        context = info.context or {}
+        allow_insecure = bool(context.get("allow_insecure_inputs", False))
+        allow_unresolved = bool(context.get("allow_unresolved", False))
         for index, url in enumerate(urls):
             try:
-                _check_url(url, allow_insecure=allow_insecure)
+                _check_url(url, allow_insecure=allow_insecure, allow_unresolved=allow_unresolved)
             except ValueError as exc:
                 raise ValueError(f"item {index}: {redact_url(url)!r} {exc}") from None
         return urls
 
     @classmethod
-    def build(cls, *, allow_insecure_inputs: bool = False, **fields: Any) -> EditRequest:
-        """Validate ``fields``, raising :class:`InvalidEditRequestError` that names every bad field."""
+    def build(
+        cls, *, allow_insecure_inputs: bool = False, allow_unresolved: bool = False, **fields: Any
+    ) -> EditRequest:
+        """Validate ``fields``, raising :class:`InvalidEditRequestError` that names every bad field.
+
+        ``allow_unresolved`` also admits ``s3://`` URIs: the operator validates everything up front,
+        before it turns them into pre-signed URLs, so a typo never costs an S3 call or a paid job.
+        """
+        context = {"allow_insecure_inputs": allow_insecure_inputs, "allow_unresolved": allow_unresolved}
         try:
-            return cls.model_validate(fields, context={"allow_insecure_inputs": allow_insecure_inputs})
+            return cls.model_validate(fields, context=context)
         except ValidationError as exc:
             raise InvalidEditRequestError(describe_validation_error(exc)) from None
 
@@ -172,7 +188,9 @@ def describe_validation_error(exc: ValidationError) -> str:
         if isinstance(shown, str) and len(shown) > 80:
             shown = shown[:77] + "..."
         message = err["msg"].removeprefix("Value error, ")
-        lines.append(f"{field}: {message} (got {shown!r})" if err["type"] != "missing" else f"{field}: required")
+        lines.append(
+            f"{field}: {message} (got {shown!r})" if err["type"] != "missing" else f"{field}: required"
+        )
     return "invalid nano-banana edit request: " + "; ".join(lines)
 
 

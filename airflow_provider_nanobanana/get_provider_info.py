@@ -1,0 +1,86 @@
+"""Provider metadata Airflow discovers through the ``apache_airflow_provider`` entry point.
+
+The connection form is declared here (``ui-field-behaviour``, ``conn-fields``): since Airflow 3.2 the
+hook methods that used to describe it are deprecated and no longer called.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow_provider_nanobanana import __version__
+
+PACKAGE = "airflow_provider_nanobanana"
+
+
+def get_provider_info() -> dict[str, Any]:
+    return {
+        "package-name": "airflow-provider-nanobanana",
+        "name": "RunComfy Nano Banana",
+        "description": "Edit images with RunComfy's Model API (google/nano-banana-2/edit) from Airflow.",
+        "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": "RunComfy",
+                "external-doc-url": "https://docs.runcomfy.com/model-apis/async-queue-endpoints",
+                "tags": ["service"],
+            }
+        ],
+        "hooks": [
+            {"integration-name": "RunComfy", "python-modules": [f"{PACKAGE}.hooks.runcomfy"]},
+            {"integration-name": "RunComfy", "python-modules": [f"{PACKAGE}.hooks.s3_media"]},
+        ],
+        "operators": [
+            {
+                "integration-name": "RunComfy",
+                "python-modules": [f"{PACKAGE}.operators.nano_banana", f"{PACKAGE}.operators.batch"],
+            }
+        ],
+        "sensors": [{"integration-name": "RunComfy", "python-modules": [f"{PACKAGE}.sensors.runcomfy"]}],
+        "triggers": [
+            {
+                "integration-name": "RunComfy",
+                "python-modules": [f"{PACKAGE}.triggers.runcomfy", f"{PACKAGE}.triggers.batch"],
+            }
+        ],
+        "extra-links": [f"{PACKAGE}.links.RunComfyRequestLink"],
+        "connection-types": [
+            {
+                "connection-type": "runcomfy",
+                "hook-class-name": f"{PACKAGE}.hooks.runcomfy.RunComfyHook",
+                "hook-name": "RunComfy",
+                "ui-field-behaviour": {
+                    "hidden-fields": ["schema", "port", "login"],
+                    "relabeling": {"password": "API Token", "host": "Base URL"},
+                    "placeholders": {
+                        "host": "https://model-api.runcomfy.net (default)",
+                        "password": "RunComfy API token (Profile page)",
+                    },
+                },
+                "conn-fields": {
+                    "allow_insecure_inputs": {
+                        "label": "Allow http:// input URLs",
+                        "description": "Only for the emulator and local S3 on loopback.",
+                        "schema": {"type": ["boolean", "null"], "default": False},
+                    },
+                    "connect_timeout_s": {
+                        "label": "Connect timeout (s)",
+                        "schema": {"type": ["number", "null"], "default": 10},
+                    },
+                    "read_timeout_s": {
+                        "label": "Read timeout (s)",
+                        "schema": {"type": ["number", "null"], "default": 30},
+                    },
+                    "max_retries": {
+                        "label": "Max retries per call",
+                        "description": "Retries of idempotent calls on 429/5xx/connection errors.",
+                        "schema": {"type": ["integer", "null"], "default": 4},
+                    },
+                    "verify_tls": {
+                        "label": "Verify TLS certificates",
+                        "schema": {"type": ["boolean", "null"], "default": True},
+                    },
+                },
+            }
+        ],
+    }

@@ -1,0 +1,91 @@
+"""Shared fixtures: an isolated AIRFLOW_HOME, a real S3 API (moto server) and the RunComfy emulator.
+
+Airflow reads its configuration once, at first import, so the environment is set here at module
+top, before any test module imports airflow.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="nanobanana-airflow-home-"))
+os.environ.setdefault("AIRFLOW_HOME", str(_AIRFLOW_HOME))
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
+os.environ.setdefault(
+    "AIRFLOW__CORE__DAGS_FOLDER", str(Path(__file__).resolve().parent / "dags")
+)
+# boto3 must never reach for real credentials or instance metadata.
+for _name, _value in {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}.items():
+    os.environ.setdefault(_name, _value)
+
+import boto3  # noqa: E402
+import pytest  # noqa: E402
+from botocore.config import Config  # noqa: E402
+
+if "MOTO_ALLOW_NONEXISTENT_REGION" not in os.environ:
+    os.environ["MOTO_ALLOW_NONEXISTENT_REGION"] = "true"
+
+
+class MotoS3:
+    """A moto server on loopback: a real S3 HTTP API, shared by the session."""
+
+    def __init__(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self._server.start()
+        host, port = self._server.get_host_and_port()
+        self.endpoint_url = f"http://{host}:{port}"
+
+    def client(self):  # noqa: ANN201 - boto3 client types are generated
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name="us-east-1",
+            config=Config(signature_version="s3v4"),
+        )
+
+    def aws_conn_json(self) -> str:
+        """The Amazon provider connection that points at this server (AIRFLOW_CONN_* JSON form)."""
+        import json
+
+        return json.dumps(
+            {
+                "conn_type": "aws",
+                "login": "testing",
+                "password": "testing",
+                "extra": {"endpoint_url": self.endpoint_url, "region_name": "us-east-1"},
+            }
+        )
+
+    def stop(self) -> None:
+        self._server.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_s3() -> Iterator[MotoS3]:
+    server = MotoS3()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(moto_s3: MotoS3, request: pytest.FixtureRequest) -> str:
+    """A fresh, empty bucket per test (names derived from the test, so failures are traceable)."""
+    import re
+
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
+    bucket = f"t-{name}-{os.urandom(3).hex()}"
+    moto_s3.client().create_bucket(Bucket=bucket)
+    return bucket
