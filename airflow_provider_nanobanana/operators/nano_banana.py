@@ -24,15 +24,13 @@ from airflow.sdk import BaseOperator
 
 from airflow_provider_nanobanana.exceptions import (
     RunComfyError,
-    RunComfyJobCancelledError,
-    RunComfyJobFailedError,
-    RunComfyJobTimeoutError,
     RunComfyNotFoundError,
     RunComfySubmitUnknownError,
 )
 from airflow_provider_nanobanana.hooks.runcomfy import Endpoint, RunComfyHook
 from airflow_provider_nanobanana.links import REQUEST_ID_XCOM_KEY, REQUEST_URL_XCOM_KEY, RunComfyRequestLink
 from airflow_provider_nanobanana.models import DEFAULT_MODEL_ID, EditRequest, JobEvent, JobState, redact_url
+from airflow_provider_nanobanana.outcome import raise_for_event
 from airflow_provider_nanobanana.polling import JobWatch, PollPolicy, wait_for_job
 from airflow_provider_nanobanana.reattach import JobLedger, fingerprint
 from airflow_provider_nanobanana.triggers.runcomfy import RunComfyJobTrigger, cancel_if_queued
@@ -272,18 +270,11 @@ class NanoBananaEditOperator(BaseOperator):
 
     # -- outcome policy (shared by the deferred and the in-place paths) ---------------------------
     def _finish(self, context: Context, event: JobEvent) -> dict[str, Any]:
-        rid = event.request_id
-        self._request_id = rid
-        if event.status == "success":
-            return self._complete(context, rid)
+        self._request_id = event.request_id
         if event.status == "timeout":
-            self._cancel_quietly(rid)
-            raise RunComfyJobTimeoutError(f"RunComfy request {rid}: {event.message}", request_id=rid)
-        if event.status == "cancelled":
-            raise RunComfyJobCancelledError(f"RunComfy request {rid} was cancelled", request_id=rid)
-        if event.status == "failed":
-            raise RunComfyJobFailedError(f"RunComfy request {rid}: {event.message}", request_id=rid)
-        raise RunComfyError(f"RunComfy request {rid}: {event.message}")
+            self._cancel_quietly(event.request_id)
+        raise_for_event(event)
+        return self._complete(context, event.request_id)
 
     def _complete(self, context: Context, request_id: str) -> dict[str, Any]:
         # The event carries redacted URLs only; fetch the usable ones now, on the worker.

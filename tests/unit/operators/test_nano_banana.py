@@ -1,0 +1,243 @@
+"""The operator's decisions against mocked HTTP: validate, re-attach or submit once, defer, finish."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+import respx
+from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
+
+from airflow_provider_nanobanana.exceptions import (
+    InvalidEditRequestError,
+    RunComfyJobCancelledError,
+    RunComfyJobFailedError,
+    RunComfyJobTimeoutError,
+)
+from airflow_provider_nanobanana.operators.nano_banana import NanoBananaEditOperator
+from airflow_provider_nanobanana.triggers.runcomfy import RunComfyJobTrigger
+
+BASE = "https://api.test"
+SUBMIT = f"{BASE}/v1/models/google/nano-banana-2/edit"
+IMG = "https://img.test/in.png"
+
+
+def urls(rid):
+    return (
+        f"{BASE}/v1/requests/{rid}/status",
+        f"{BASE}/v1/requests/{rid}/result",
+        f"{BASE}/v1/requests/{rid}/cancel",
+    )
+
+
+@pytest.fixture(autouse=True)
+def connection(monkeypatch):
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_RUNCOMFY_DEFAULT",
+        json.dumps(
+            {
+                "conn_type": "runcomfy",
+                "host": BASE,
+                "password": "op-token",
+                "extra": {"retry_max_wait_s": 0.01},
+            }
+        ),
+    )
+
+
+class FakeTI:
+    dag_id, task_id, run_id, map_index = "d", "t", "manual__1", -1
+
+    def __init__(self):
+        self.xcom = {}
+
+    def xcom_push(self, key, value):
+        self.xcom[key] = value
+
+
+class FakeStateStore(dict):
+    def set(self, key, value):
+        self[key] = value
+
+    def delete(self, key):
+        self.pop(key, None)
+
+
+@pytest.fixture
+def context():
+    return {"ti": FakeTI(), "task_state_store": FakeStateStore()}
+
+
+def op(**kw):
+    params = {
+        "task_id": "edit",
+        "prompt": "add a hat",
+        "image_urls": [IMG],
+        "poll_interval": 0.01,
+        "timeout": 30,
+    }
+    return NanoBananaEditOperator(**{**params, **kw})
+
+
+def mock_job(rid, states, result):
+    status, res, cancel = urls(rid)
+    respx.get(status).mock(
+        side_effect=[httpx.Response(200, json={"request_id": rid, "status": s}) for s in states]
+    )
+    respx.get(res).mock(return_value=httpx.Response(200, json={"request_id": rid, **result}))
+    return respx.post(cancel).mock(
+        return_value=httpx.Response(200, json={"status": "cancelled", "outcome": "cancelled"})
+    )
+
+
+DONE = {"status": "completed", "output": {"images": ["https://cdn.runcomfy.net/o1.png?sig=abc"]}}
+
+
+@respx.mock
+def test_submits_once_publishes_the_id_and_defers(context):
+    submit = respx.post(SUBMIT).mock(return_value=httpx.Response(200, json={"request_id": "r1"}))
+    mock_job("r1", ["in_queue"], DONE)
+    with pytest.raises(TaskDeferred) as deferred:
+        op().execute(context)
+    trigger = deferred.value.trigger
+    assert isinstance(trigger, RunComfyJobTrigger)
+    assert trigger.request_id == "r1"
+    assert deferred.value.method_name == "execute_complete"
+    assert deferred.value.timeout.total_seconds() > 30  # the trigger's own timeout event comes first
+    assert submit.call_count == 1
+    assert context["ti"].xcom["runcomfy_request_id"] == "r1"
+    assert context["ti"].xcom["runcomfy_request_url"] == f"{BASE}/v1/requests/r1/status"
+    assert context["task_state_store"]["runcomfy_request"]["request_id"] == "r1"
+
+
+@respx.mock
+def test_a_job_already_done_is_finished_without_deferring(context):
+    respx.post(SUBMIT).mock(return_value=httpx.Response(200, json={"request_id": "r2"}))
+    mock_job("r2", ["completed"], DONE)
+    result = op().execute(context)
+    assert result == {
+        "request_id": "r2",
+        "status": "completed",
+        "model_id": "google/nano-banana-2/edit",
+        "images": ["https://cdn.runcomfy.net/o1.png?sig=***"],
+        "archived": [],
+        "manifest": None,
+    }
+    assert "runcomfy_request" not in context["task_state_store"]  # forgotten after success
+
+
+@respx.mock
+def test_execute_complete_maps_every_outcome(context):
+    mock_job("r3", [], DONE)
+    task = op()
+    assert (
+        task.execute_complete(context, {"status": "success", "request_id": "r3", "images": []})["request_id"]
+        == "r3"
+    )
+    with pytest.raises(RunComfyJobFailedError, match="model said no"):
+        task.execute_complete(context, {"status": "failed", "request_id": "r3", "message": "model said no"})
+    with pytest.raises(RunComfyJobCancelledError):
+        task.execute_complete(context, {"status": "cancelled", "request_id": "r3"})
+    with pytest.raises(Exception, match="outcome is unknown"):
+        task.execute_complete(context, None)
+    with pytest.raises(ValueError):  # noqa: PT011 - pydantic names the bad status
+        task.execute_complete(context, {"status": "partying", "request_id": "r3"})
+
+
+@respx.mock
+def test_timeout_cancels_a_queued_job_and_fails(context):
+    status, _, cancel_url = urls("r4")
+    respx.get(status).mock(return_value=httpx.Response(200, json={"status": "in_queue"}))
+    cancel = respx.post(cancel_url).mock(return_value=httpx.Response(200, json={"outcome": "cancelled"}))
+    with pytest.raises(RunComfyJobTimeoutError, match="not finished"):
+        op().execute_complete(
+            context, {"status": "timeout", "request_id": "r4", "message": "job not finished after 30s"}
+        )
+    assert cancel.call_count == 1
+
+
+@respx.mock
+def test_retry_reattaches_to_a_live_job_instead_of_paying_again(context):
+    submit = respx.post(SUBMIT).mock(return_value=httpx.Response(200, json={"request_id": "r5"}))
+    mock_job("r5", ["in_queue", "in_progress", "in_progress"], DONE)
+    with pytest.raises(TaskDeferred):
+        op().execute(context)
+    context["ti"] = FakeTI()  # a new try: XCom is cleared, the state store is not
+    with pytest.raises(TaskDeferred) as deferred:
+        op().execute(context)
+    assert deferred.value.trigger.request_id == "r5"
+    assert submit.call_count == 1
+
+
+@respx.mock
+def test_retry_after_a_failed_job_submits_anew(context):
+    submit = respx.post(SUBMIT).mock(
+        side_effect=[
+            httpx.Response(200, json={"request_id": "r6"}),
+            httpx.Response(200, json={"request_id": "r7"}),
+        ]
+    )
+    mock_job("r6", ["in_queue", "failed"], {"status": "failed"})
+    mock_job("r7", ["in_queue"], DONE)
+    with pytest.raises(TaskDeferred):
+        op().execute(context)
+    with pytest.raises(TaskDeferred) as deferred:
+        op().execute(context)
+    assert deferred.value.trigger.request_id == "r7"
+    assert submit.call_count == 2
+
+
+@respx.mock
+def test_changed_parameters_are_new_work(context):
+    submit = respx.post(SUBMIT).mock(
+        side_effect=[
+            httpx.Response(200, json={"request_id": "r8"}),
+            httpx.Response(200, json={"request_id": "r9"}),
+        ]
+    )
+    mock_job("r8", ["in_queue", "in_queue"], DONE)
+    mock_job("r9", ["in_queue"], DONE)
+    with pytest.raises(TaskDeferred):
+        op().execute(context)
+    with pytest.raises(TaskDeferred):
+        op(prompt="a different edit").execute(context)
+    assert submit.call_count == 2
+
+
+@respx.mock
+def test_an_ambiguous_submit_fails_without_retry(context):
+    submit = respx.post(SUBMIT).mock(side_effect=httpx.ReadTimeout("answer lost"))
+    with pytest.raises(AirflowFailException, match="not resubmitted"):
+        op().execute(context)
+    assert submit.call_count == 1
+
+
+@respx.mock
+def test_bad_input_fails_before_any_network_call(context):
+    route = respx.route()
+    for bad in (
+        {"num_images": 9},
+        {"image_urls": []},
+        {"aspect_ratio": "1:9"},
+        {"image_urls": ["http://plain.test/a.png"]},
+    ):
+        with pytest.raises(InvalidEditRequestError):
+            op(**bad).execute(context)
+    assert route.call_count == 0
+
+
+@respx.mock
+def test_non_deferrable_waits_in_place_with_the_same_policy(context):
+    respx.post(SUBMIT).mock(return_value=httpx.Response(200, json={"request_id": "r10"}))
+    mock_job("r10", ["in_queue", "in_progress", "completed"], DONE)
+    result = op(deferrable=False).execute(context)
+    assert result["status"] == "completed"
+    assert result["request_id"] == "r10"
+
+
+def test_bad_timing_parameters_are_refused_at_parse_time():
+    with pytest.raises(ValueError, match="timeout"):
+        op(timeout=0)
+    with pytest.raises(ValueError, match="poll_interval"):
+        op(poll_interval=0)

@@ -1,0 +1,180 @@
+"""The trigger against mocked HTTP: one terminal event per run, serialization, cleanup."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+import respx
+
+from airflow_provider_nanobanana.triggers.runcomfy import RunComfyJobTrigger
+
+BASE = "https://api.test"
+RID = "req_42"
+STATUS = f"{BASE}/v1/requests/{RID}/status"
+RESULT = f"{BASE}/v1/requests/{RID}/result"
+CANCEL = f"{BASE}/v1/requests/{RID}/cancel"
+TOKEN = "trigger-token-SECRET"
+
+
+@pytest.fixture(autouse=True)
+def connection(monkeypatch):
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_RUNCOMFY_DEFAULT",
+        json.dumps(
+            {"conn_type": "runcomfy", "host": BASE, "password": TOKEN, "extra": {"retry_max_wait_s": 0.01}}
+        ),
+    )
+
+
+@pytest.fixture(autouse=True)
+def no_sleep(monkeypatch):
+    """Polls happen back to back; the backoff itself is tested in test_polling."""
+    import asyncio
+
+    real_sleep = asyncio.sleep
+    monkeypatch.setattr(
+        "airflow_provider_nanobanana.triggers.runcomfy.asyncio.sleep", lambda _s: real_sleep(0)
+    )
+
+
+def trigger(deadline_in_s=60.0, **kw):
+    return RunComfyJobTrigger(request_id=RID, deadline_epoch_s=time.time() + deadline_in_s, **kw)
+
+
+async def events_of(t):
+    return [e.payload async for e in t.run()]
+
+
+def test_serialize_carries_ids_and_settings_only():
+    t = RunComfyJobTrigger(
+        request_id=RID, deadline_epoch_s=1234.5, runcomfy_conn_id="rc", poll_interval_s=1, poll_max_s=9
+    )
+    path, kwargs = t.serialize()
+    assert path == "airflow_provider_nanobanana.triggers.runcomfy.RunComfyJobTrigger"
+    assert kwargs == {
+        "request_id": RID,
+        "deadline_epoch_s": 1234.5,
+        "runcomfy_conn_id": "rc",
+        "poll_interval_s": 1,
+        "poll_max_s": 9,
+        "cancel_on_kill": True,
+    }
+    assert TOKEN not in json.dumps(kwargs)
+    assert RunComfyJobTrigger(**kwargs).serialize() == (path, kwargs)
+
+
+def test_bad_request_ids_are_refused_before_serializing():
+    with pytest.raises(ValueError, match="request_id"):
+        RunComfyJobTrigger(request_id="../x", deadline_epoch_s=1)
+
+
+@respx.mock
+async def test_success_after_queue_and_progress():
+    respx.get(STATUS).mock(
+        side_effect=[
+            httpx.Response(200, json={"status": "in_queue", "queue_position": 1}),
+            httpx.Response(200, json={"status": "in_progress"}),
+            httpx.Response(200, json={"status": "completed"}),
+        ]
+    )
+    respx.get(RESULT).mock(
+        return_value=httpx.Response(
+            200,
+            json={"status": "completed", "output": {"images": ["https://cdn.runcomfy.net/a.png?sig=s3cr3t"]}},
+        )
+    )
+    events = await events_of(trigger())
+    assert len(events) == 1
+    assert events[0]["status"] == "success"
+    assert events[0]["images"] == ["https://cdn.runcomfy.net/a.png?sig=***"]
+
+
+@respx.mock
+async def test_failure_carries_the_server_message():
+    respx.get(STATUS).mock(return_value=httpx.Response(200, json={"status": "failed"}))
+    respx.get(RESULT).mock(
+        return_value=httpx.Response(200, json={"status": "failed", "error": {"message": "content policy"}})
+    )
+    (event,) = await events_of(trigger())
+    assert event["status"] == "failed"
+    assert "content policy" in event["message"]
+
+
+@respx.mock
+async def test_cancelled_is_not_success():
+    respx.get(STATUS).mock(return_value=httpx.Response(200, json={"status": "cancelled"}))
+    respx.get(RESULT).mock(return_value=httpx.Response(200, json={"status": "cancelled"}))
+    (event,) = await events_of(trigger())
+    assert event["status"] == "cancelled"
+
+
+@respx.mock
+async def test_deadline_in_the_past_times_out_without_polling():
+    route = respx.get(STATUS)
+    (event,) = await events_of(trigger(deadline_in_s=-1))
+    assert event["status"] == "timeout"
+    assert route.call_count == 0
+
+
+@respx.mock
+async def test_unknown_state_keeps_polling_until_the_deadline():
+    respx.get(STATUS).mock(return_value=httpx.Response(200, json={"status": "thawing"}))
+    (event,) = await events_of(trigger(deadline_in_s=0.3))
+    assert event["status"] == "timeout"
+    assert "thawing" in event["message"]
+
+
+@respx.mock
+async def test_a_storm_of_5xx_is_survived():
+    respx.get(STATUS).mock(
+        side_effect=[httpx.Response(503)] * 12 + [httpx.Response(200, json={"status": "completed"})]
+    )
+    respx.get(RESULT).mock(
+        return_value=httpx.Response(
+            200, json={"status": "completed", "output": {"images": ["https://x.runcomfy.net/1.png"]}}
+        )
+    )
+    (event,) = await events_of(trigger())
+    assert event["status"] == "success"
+
+
+@respx.mock
+async def test_permanent_errors_end_with_one_error_event():
+    route = respx.get(STATUS).mock(return_value=httpx.Response(401, json={"error_message": "token revoked"}))
+    (event,) = await events_of(trigger())
+    assert event["status"] == "error"
+    assert "token revoked" in event["message"]
+    assert route.call_count == 1
+    assert TOKEN not in json.dumps(event)
+
+
+@respx.mock
+async def test_on_kill_cancels_only_a_queued_job():
+    cancel = respx.post(CANCEL).mock(
+        return_value=httpx.Response(200, json={"status": "cancelled", "outcome": "cancelled"})
+    )
+    respx.get(STATUS).mock(return_value=httpx.Response(200, json={"status": "in_progress"}))
+    await trigger().on_kill()
+    assert cancel.call_count == 0
+    respx.get(STATUS).mock(return_value=httpx.Response(200, json={"status": "in_queue"}))
+    await trigger().on_kill()
+    assert cancel.call_count == 1
+    await trigger(cancel_on_kill=False).on_kill()
+    assert cancel.call_count == 1
+
+
+@respx.mock
+async def test_on_kill_never_raises():
+    respx.get(STATUS).mock(side_effect=httpx.ConnectError("down"))
+    await trigger().on_kill()
+
+
+@respx.mock
+async def test_cleanup_never_cancels():
+    """cleanup() also runs on triggerer restarts and reassignment: the job must live on."""
+    cancel = respx.post(CANCEL)
+    await trigger().cleanup()
+    assert cancel.call_count == 0
