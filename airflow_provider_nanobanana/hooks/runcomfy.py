@@ -148,12 +148,16 @@ class RunComfySettings:
         return (self.base_url, digest, self.connect_timeout_s, self.read_timeout_s, self.verify_tls)
 
 
+_UI_PREFIX = "extra__runcomfy__"
+
+
 def _connection_extra(conn: Any) -> dict[str, Any]:
+    """The connection's extras; keys saved by the UI form (``extra__runcomfy__x``) count as ``x``."""
     extra = getattr(conn, "extra_dejson", None)
     if extra is None:
         raw = getattr(conn, "extra", None) or "{}"
         extra = json.loads(raw) if isinstance(raw, str) else dict(raw)
-    return dict(extra)
+    return {key.removeprefix(_UI_PREFIX): value for key, value in extra.items() if value not in (None, "")}
 
 
 def _base_url_from_connection(conn: Any) -> str:

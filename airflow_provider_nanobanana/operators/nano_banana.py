@@ -301,24 +301,25 @@ class NanoBananaEditOperator(BaseOperator):
     def _archive(self, context: Context, request_id: str, images: list[str]) -> dict[str, Any]:
         ti = context["ti"]
         fields = self.edit_fields()
+        extra = {"key_template": self.s3_key_template} if self.s3_key_template else {}
         result = self.s3_media.archive_outputs(
             images,
+            request_id=request_id,
             dest_uri=self.output_s3_uri,
-            key_template=self.s3_key_template,
             fields={
                 "dag_id": ti.dag_id,
                 "run_id": ti.run_id,
                 "task_id": ti.task_id,
                 "map_index": getattr(ti, "map_index", -1),
-                "request_id": request_id,
             },
-            request_id=request_id,
             model_id=self.model_id,
             prompt=fields["prompt"],
-            parameters={k: v for k, v in fields.items() if k not in ("prompt", "image_urls")},
-            inputs=[redact_url(u) for u in fields["image_urls"]],
+            seed=fields["seed"],
+            inputs=fields["image_urls"],
+            parameters={k: v for k, v in fields.items() if k != "image_urls"},
+            **extra,
         )
-        return {"archived": result.uris, "manifest": result.manifest_uri}
+        return {"archived": result.s3_uris, "manifest": result.manifest_uri}
 
     def _cancel_quietly(self, request_id: str) -> None:
         asyncio.run(cancel_if_queued(self.hook, request_id, log=self.log))
