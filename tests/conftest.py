@@ -15,9 +15,7 @@ _AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="nanobanana-airflow-home-"))
 os.environ.setdefault("AIRFLOW_HOME", str(_AIRFLOW_HOME))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
-os.environ.setdefault(
-    "AIRFLOW__CORE__DAGS_FOLDER", str(Path(__file__).resolve().parent / "dags")
-)
+os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(Path(__file__).resolve().parent / "dags"))
 # boto3 must never reach for real credentials or instance metadata.
 for _name, _value in {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -27,12 +25,13 @@ for _name, _value in {
 }.items():
     os.environ.setdefault(_name, _value)
 
+import logging  # noqa: E402
+
 import boto3  # noqa: E402
 import pytest  # noqa: E402
 from botocore.config import Config  # noqa: E402
 
-if "MOTO_ALLOW_NONEXISTENT_REGION" not in os.environ:
-    os.environ["MOTO_ALLOW_NONEXISTENT_REGION"] = "true"
+logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request access log
 
 
 class MotoS3:
@@ -89,3 +88,61 @@ def s3_bucket(moto_s3: MotoS3, request: pytest.FixtureRequest) -> str:
     bucket = f"t-{name}-{os.urandom(3).hex()}"
     moto_s3.client().create_bucket(Bucket=bucket)
     return bucket
+
+
+# -- the RunComfy emulator and images to edit ---------------------------------------------------
+
+
+@pytest.fixture
+def emulator():
+    """A fresh emulator per test on an ephemeral port: short queue and run times, no faults."""
+    from airflow_provider_nanobanana.emulator import EmulatorConfig, EmulatorServer
+
+    with EmulatorServer(EmulatorConfig(queue_s=0.2, run_s=0.3, max_running=4)) as server:
+        yield server
+
+
+def png_bytes(colour: tuple[int, int, int] = (200, 80, 40), size: tuple[int, int] = (64, 48)) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def input_image(moto_s3: MotoS3, s3_bucket: str) -> str:
+    """An s3:// URI of a small PNG in the test's bucket."""
+    moto_s3.client().put_object(
+        Bucket=s3_bucket, Key="inputs/cat.png", Body=png_bytes(), ContentType="image/png"
+    )
+    return f"s3://{s3_bucket}/inputs/cat.png"
+
+
+@pytest.fixture
+def presigned_input(moto_s3: MotoS3, input_image: str) -> str:
+    bucket, _, key = input_image[5:].partition("/")
+    return moto_s3.client().generate_presigned_url(
+        "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=3600
+    )
+
+
+@pytest.fixture
+def airflow_connections(monkeypatch: pytest.MonkeyPatch, emulator, moto_s3: MotoS3) -> None:
+    """``runcomfy_default`` → the emulator, ``aws_default`` → moto, as a deployment would set them."""
+    import json
+
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_RUNCOMFY_DEFAULT",
+        json.dumps(
+            {
+                "conn_type": "runcomfy",
+                "host": emulator.base_url,
+                "password": emulator.token,
+                "extra": {"allow_insecure_inputs": True, "retry_max_wait_s": 0.05},
+            }
+        ),
+    )
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", moto_s3.aws_conn_json())

@@ -25,7 +25,9 @@ from airflow.sdk import BaseOperator
 from airflow_provider_nanobanana.exceptions import (
     RunComfyError,
     RunComfyNotFoundError,
+    RunComfyRateLimitedError,
     RunComfySubmitUnknownError,
+    RunComfyTransientError,
 )
 from airflow_provider_nanobanana.hooks.runcomfy import Endpoint, RunComfyHook
 from airflow_provider_nanobanana.links import REQUEST_ID_XCOM_KEY, REQUEST_URL_XCOM_KEY, RunComfyRequestLink
@@ -207,12 +209,8 @@ class NanoBananaEditOperator(BaseOperator):
         watch = JobWatch(request_id, time.time() + self.timeout, self.policy)
         if not self.deferrable:
             return self._finish(context, wait_for_job(self.hook, watch))
-        # One look before deferring: edits often finish in seconds (and a re-attached job may be
-        # done already); a deferral that fires at once costs a triggerer round trip.
-        if watch.on_status(self.hook.get_status(request_id)):
-            event = watch.on_result(self.hook.get_result(request_id))
-            if event is not None:
-                return self._finish(context, event)
+        if (event := self._quick_look(watch)) is not None:
+            return self._finish(context, event)
         self.log.info("Deferring: waiting for %s in the triggerer (timeout %.0fs)", request_id, self.timeout)
         self.defer(
             trigger=RunComfyJobTrigger(
@@ -226,6 +224,17 @@ class NanoBananaEditOperator(BaseOperator):
             method_name="execute_complete",
             timeout=timedelta(seconds=self.timeout + self.poll_max_interval + DEFERRAL_MARGIN_S),
         )
+
+    def _quick_look(self, watch: JobWatch) -> JobEvent | None:
+        """One look before deferring: edits often finish in seconds (a re-attached job may be done
+        already), and a deferral that fires at once costs a triggerer round trip. A transient
+        failure here is no reason to fail: the trigger has the patience for it."""
+        try:
+            if watch.on_status(self.hook.get_status(watch.request_id)):
+                return watch.on_result(self.hook.get_result(watch.request_id))
+        except (RunComfyTransientError, RunComfyRateLimitedError) as exc:
+            self.log.info("Status check before deferring failed (%s); the trigger will keep polling", exc)
+        return None
 
     def _reattach(self, ledger: JobLedger, work: str) -> str | None:
         """Reuse the earlier try's request unless it failed, was cancelled or is gone."""

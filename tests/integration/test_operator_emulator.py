@@ -1,0 +1,135 @@
+"""The edit operator and its trigger over real HTTP (emulator) and a real S3 API (moto server)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from airflow.sdk.exceptions import TaskDeferred
+from PIL import Image
+
+from airflow_provider_nanobanana.exceptions import RunComfyJobFailedError, RunComfyJobTimeoutError
+from airflow_provider_nanobanana.models import JobState
+from airflow_provider_nanobanana.operators.nano_banana import NanoBananaEditOperator
+from airflow_provider_nanobanana.triggers.runcomfy import RunComfyJobTrigger
+
+pytestmark = pytest.mark.usefixtures("airflow_connections")
+
+
+class TI:
+    dag_id, task_id, run_id, map_index = "enrich", "edit", "manual__2026-11-27", 0
+
+    def __init__(self):
+        self.xcom = {}
+
+    def xcom_push(self, key, value):
+        self.xcom[key] = value
+
+
+class StateStore(dict):
+    def set(self, key, value):
+        self[key] = value
+
+    def delete(self, key):
+        self.pop(key, None)
+
+
+@pytest.fixture
+def context():
+    return {"ti": TI(), "task_state_store": StateStore()}
+
+
+def operator(input_uri, bucket, **kw):
+    params = {
+        "task_id": "edit",
+        "prompt": "turn the sky purple",
+        "image_urls": [input_uri],
+        "num_images": 2,
+        "output_s3_uri": f"s3://{bucket}/edited/",
+        "poll_interval": 0.1,
+        "poll_max_interval": 0.5,
+        "timeout": 60,
+    }
+    return NanoBananaEditOperator(**{**params, **kw})
+
+
+def run_deferred(task, context):
+    """execute → TaskDeferred → the real trigger on an event loop → execute_complete."""
+    try:
+        return task.execute(context)
+    except TaskDeferred as deferred:
+        trigger = deferred.trigger
+        path, kwargs = trigger.serialize()
+        rebuilt = RunComfyJobTrigger(**json.loads(json.dumps(kwargs)))  # as the triggerer would
+
+        async def first_event():
+            async for event in rebuilt.run():
+                return event.payload
+            raise AssertionError("the trigger ended without an event")
+
+        return getattr(task, deferred.method_name)(context, asyncio.run(first_event()))
+
+
+def test_s3_in_s3_out_through_a_real_deferral(emulator, moto_s3, input_image, s3_bucket, context):
+    emulator.configure(queue_s=0.5, run_s=0.5)
+    result = run_deferred(operator(input_image, s3_bucket), context)
+    assert result["status"] == JobState.COMPLETED.value
+    assert len(result["images"]) == 2 and len(result["archived"]) == 2
+    assert context["ti"].xcom["runcomfy_request_id"] == result["request_id"]
+    s3 = moto_s3.client()
+    for uri in result["archived"]:
+        bucket, _, key = uri[5:].partition("/")
+        assert key.startswith("edited/enrich/manual__2026-11-27/edit/0/")
+        obj = s3.get_object(Bucket=bucket, Key=key)
+        assert obj["ContentType"] == "image/png"
+        assert obj["Metadata"]
+        import io
+
+        Image.open(io.BytesIO(obj["Body"].read())).verify()
+    manifest_bucket, _, manifest_key = result["manifest"][5:].partition("/")
+    manifest = json.loads(s3.get_object(Bucket=manifest_bucket, Key=manifest_key)["Body"].read())
+    assert manifest["request_id"] == result["request_id"]
+    assert "X-Amz-Signature" not in json.dumps(manifest) and "sig=" not in json.dumps(manifest).replace(
+        "sig=***", ""
+    )
+    assert emulator.counters()["jobs_created"] == 1
+
+
+def test_a_retry_reattaches_and_never_pays_twice(emulator, input_image, s3_bucket, context):
+    emulator.configure(queue_s=1.0, run_s=0.5)
+    first = operator(input_image, s3_bucket)
+    with pytest.raises(TaskDeferred):
+        first.execute(context)  # the worker dies here, after the submit
+    context["ti"] = TI()  # the retry: XCom cleared, the task state store kept
+    result = run_deferred(operator(input_image, s3_bucket), context)
+    assert result["status"] == "completed"
+    assert emulator.counters()["jobs_created"] == 1
+
+
+def test_non_deferrable_runs_the_same_flow_on_the_worker(emulator, input_image, s3_bucket, context):
+    result = operator(input_image, s3_bucket, deferrable=False).execute(context)
+    assert len(result["archived"]) == 2
+    assert emulator.counters()["jobs_created"] == 1
+
+
+def test_a_failed_job_fails_the_task_with_the_server_message(emulator, input_image, s3_bucket, context):
+    emulator.configure(failure_rate=1.0)
+    with pytest.raises(RunComfyJobFailedError, match="failed"):
+        run_deferred(operator(input_image, s3_bucket), context)
+
+
+def test_a_stuck_job_times_out_and_is_cancelled(emulator, input_image, s3_bucket, context):
+    emulator.configure(max_running=0)  # nothing ever leaves the queue
+    with pytest.raises(RunComfyJobTimeoutError):
+        run_deferred(operator(input_image, s3_bucket, timeout=1.5), context)
+    counters = emulator.counters()
+    assert counters["cancels"] == 1
+    assert counters["jobs_by_state"].get("cancelled") == 1
+
+
+def test_storms_of_429_and_5xx_while_waiting(emulator, input_image, s3_bucket, context):
+    emulator.set_faults(endpoints=["status", "result"], rate_429=0.3, retry_after_s=0.05, rate_5xx=0.3)
+    result = run_deferred(operator(input_image, s3_bucket), context)
+    assert result["status"] == "completed"
+    assert emulator.counters()["jobs_created"] == 1
