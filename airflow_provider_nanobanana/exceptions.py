@@ -17,7 +17,9 @@ class InvalidEditRequestError(RunComfyError, ValueError):
 class RunComfyAPIError(RunComfyError):
     """The API answered with an error, or with something that is not a valid answer."""
 
-    def __init__(self, message: str, *, status_code: int | None = None, request_id: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, status_code: int | None = None, request_id: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.request_id = request_id

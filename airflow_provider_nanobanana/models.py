@@ -104,8 +104,12 @@ def _check_url(url: str, *, allow_insecure: bool, allow_unresolved: bool) -> str
     if not isinstance(url, str):
         raise ValueError(f"must be a URL string, got {type(url).__name__}")
     parts = urlsplit(url)
-    if allow_unresolved and (parts.scheme == "s3" and parts.netloc and parts.path.strip("/")):
-        return url  # resolved to a pre-signed https URL before submitting
+    if allow_unresolved and (
+        (parts.scheme == "s3" and parts.netloc and parts.path.strip("/"))
+        or (parts.scheme == "file" and parts.path)
+        or (not parts.scheme and url.startswith("/"))
+    ):
+        return url  # s3:// and local files become pre-signed https URLs before submitting
     allowed = ("https", "http") if allow_insecure else ("https",)
     if parts.scheme not in allowed or not parts.hostname:
         hint = "" if allow_insecure else " (http:// needs the connection extra allow_insecure_inputs=true)"

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
+from airflow_provider_nanobanana.archive import fields_from_context, parse_s3_prefix, sanitize_key_field
 from airflow_provider_nanobanana.batch import (
     BatchCheckpoint,
     BatchEvent,
@@ -39,13 +40,6 @@ if TYPE_CHECKING:
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 DEFERRAL_MARGIN_S = 300.0
-
-
-def _parse_s3(uri: str) -> tuple[str, str]:
-    if not uri.startswith("s3://") or not uri[5:].split("/", 1)[0]:
-        raise ValueError(f"expected an s3://bucket/prefix URI, got {uri!r}")
-    bucket, _, prefix = uri[5:].partition("/")
-    return bucket, prefix.strip("/")
 
 
 class NanoBananaBatchEditOperator(BaseOperator):
@@ -150,10 +144,9 @@ class NanoBananaBatchEditOperator(BaseOperator):
         )
 
     def _checkpoint(self, context: Context) -> BatchCheckpoint:
-        ti = context["ti"]
-        bucket, prefix = _parse_s3(self.output_s3_uri)
-        where = f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/{getattr(ti, 'map_index', -1)}"
-        return BatchCheckpoint(self.media.get_client(), bucket, f"{prefix}/{where}".strip("/"))
+        bucket, prefix = parse_s3_prefix(self.output_s3_uri, what="output_s3_uri")
+        where = "/".join(sanitize_key_field(v) for v in fields_from_context(context).values())
+        return BatchCheckpoint(self.media.get_client(), bucket, f"{prefix}{where}")
 
     # -- items ------------------------------------------------------------------------------------
     def build_items(self) -> list[BatchItem]:
@@ -183,11 +176,11 @@ class NanoBananaBatchEditOperator(BaseOperator):
         return [entry if isinstance(entry, Mapping) else {"image_urls": [entry]} for entry in items or []]
 
     def _listed_items(self) -> list[Mapping[str, Any]]:
-        bucket, prefix = _parse_s3(self.input_s3_prefix or "")
+        bucket, prefix = parse_s3_prefix(self.input_s3_prefix or "", what="input_s3_prefix")
         paginator = self.media.get_client().get_paginator("list_objects_v2")
         keys = [
             obj["Key"]
-            for page in paginator.paginate(Bucket=bucket, Prefix=f"{prefix}/" if prefix else "")
+            for page in paginator.paginate(Bucket=bucket, Prefix=prefix)
             for obj in page.get("Contents", [])
             if PurePosixPath(obj["Key"]).suffix.lower() in IMAGE_SUFFIXES
         ]

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
+from airflow_provider_nanobanana.archive import fields_from_context
 from airflow_provider_nanobanana.exceptions import (
     RunComfyError,
     RunComfyNotFoundError,
@@ -178,7 +179,7 @@ class NanoBananaEditOperator(BaseOperator):
 
     def _resolve_request(self, fields: Mapping[str, Any]) -> EditRequest:
         urls = list(fields["image_urls"])
-        if any(u.startswith("s3://") for u in urls):
+        if any(not u.startswith(("https://", "http://")) for u in urls):  # s3:// or local files
             urls = self.s3_media.resolve_inputs(urls, staging_uri=self.staging_s3_uri)
         return EditRequest.build(
             **{**fields, "image_urls": urls}, allow_insecure_inputs=self.hook.settings.allow_insecure_inputs
@@ -308,19 +309,13 @@ class NanoBananaEditOperator(BaseOperator):
         }
 
     def _archive(self, context: Context, request_id: str, images: list[str]) -> dict[str, Any]:
-        ti = context["ti"]
         fields = self.edit_fields()
         extra = {"key_template": self.s3_key_template} if self.s3_key_template else {}
         result = self.s3_media.archive_outputs(
             images,
             request_id=request_id,
             dest_uri=self.output_s3_uri,
-            fields={
-                "dag_id": ti.dag_id,
-                "run_id": ti.run_id,
-                "task_id": ti.task_id,
-                "map_index": getattr(ti, "map_index", -1),
-            },
+            fields=fields_from_context(context),
             model_id=self.model_id,
             prompt=fields["prompt"],
             seed=fields["seed"],

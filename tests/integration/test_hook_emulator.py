@@ -42,7 +42,8 @@ def test_full_lifecycle_produces_real_images(emulator, presigned_input):
     assert result.status is JobState.COMPLETED
     assert len(result.images) == 2
     body = httpx.get(result.images[0]).content
-    assert body[:4] == b"RIFF" and body[8:12] == b"WEBP"
+    assert body[:4] == b"RIFF"
+    assert body[8:12] == b"WEBP"
     assert emulator.counters()["jobs_created"] == 1
 
 
@@ -52,7 +53,8 @@ def test_queue_positions_are_reported(emulator, presigned_input):
     ids = [hook.submit(edit(presigned_input, seed=i)).request_id for i in range(3)]
     time.sleep(0.3)
     states = [hook.get_status(rid) for rid in ids]
-    assert states[-1].status is JobState.IN_QUEUE and states[-1].queue_position is not None
+    assert states[-1].status is JobState.IN_QUEUE
+    assert states[-1].queue_position is not None
 
 
 def test_cancel_only_while_queued(emulator, presigned_input):
