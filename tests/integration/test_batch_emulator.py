@@ -1,0 +1,177 @@
+"""The batch operator and its trigger against the emulator (queue and faults on) and moto."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from airflow.sdk.exceptions import TaskDeferred
+
+from airflow_provider_nanobanana.batch import BatchCheckpoint, ItemState
+from airflow_provider_nanobanana.exceptions import RunComfyError, RunComfyJobFailedError
+from airflow_provider_nanobanana.operators.batch import NanoBananaBatchEditOperator
+from airflow_provider_nanobanana.triggers.batch import RunComfyBatchTrigger
+from tests.conftest import png_bytes
+
+pytestmark = pytest.mark.usefixtures("airflow_connections")
+
+
+class TI:
+    dag_id, task_id, run_id, map_index = "enrich", "batch", "manual__1", -1
+
+    def xcom_push(self, key, value):
+        pass
+
+
+def seed_inputs(moto_s3, bucket, n):
+    s3 = moto_s3.client()
+    body = png_bytes((30, 120, 200), (32, 32))
+    for i in range(n):
+        s3.put_object(Bucket=bucket, Key=f"inputs/img_{i:04d}.png", Body=body, ContentType="image/png")
+    s3.put_object(Bucket=bucket, Key="inputs/notes.txt", Body=b"not an image")
+
+
+def batch_operator(bucket, **kw):
+    params = {
+        "task_id": "batch",
+        "prompt": "Add a sunset glow to {name}",
+        "input_s3_prefix": f"s3://{bucket}/inputs/",
+        "output_s3_uri": f"s3://{bucket}/out/",
+        "resolution": "0.5K",
+        "max_in_flight": 8,
+        "rate_per_s": 400,
+        "poll_interval": 0.05,
+        "poll_max_interval": 0.3,
+        "timeout": 240,
+    }
+    return NanoBananaBatchEditOperator(**{**params, **kw})
+
+
+async def first_event(trigger):
+    async for event in trigger.run():
+        return event.payload
+    raise AssertionError("no event")
+
+
+def rebuilt(trigger):
+    _, kwargs = trigger.serialize()
+    assert "emulator-token" not in json.dumps(kwargs)
+    return RunComfyBatchTrigger(**json.loads(json.dumps(kwargs)))
+
+
+def run_batch(task, context):
+    try:
+        return task.execute(context)
+    except TaskDeferred as deferred:
+        event = asyncio.run(first_event(rebuilt(deferred.trigger)))
+        return task.execute_complete(context, event)
+
+
+def test_a_large_prefix_with_a_queue_and_faults(emulator, moto_s3, s3_bucket):
+    seed_inputs(moto_s3, s3_bucket, 300)
+    emulator.configure(queue_s=0.05, run_s=0.1, max_running=6)
+    emulator.set_faults(endpoints=["status", "result"], rate_5xx=0.05, rate_429=0.05, retry_after_s=0.02)
+    result = run_batch(batch_operator(s3_bucket), {"ti": TI()})
+    assert result["total"] == 300 and result["succeeded"] == 300 and result["failed"] == 0
+    assert set(result) >= {"manifest", "checkpoint", "counts"}
+    assert len(json.dumps(result)) < 2000  # compact: never one entry per item in XCom
+    counters = emulator.counters()
+    assert counters["jobs_created"] == 300  # exactly one paid job per image
+    assert counters["peak_active"] <= 8  # max_in_flight held
+    s3 = moto_s3.client()
+    manifest = json.loads(
+        s3.get_object(Bucket=s3_bucket, Key=result["manifest"].split("/", 3)[3])["Body"].read()
+    )
+    assert len(manifest["items"]) == 300
+    assert all(item["state"] == "archived" and len(item["archived"]) == 1 for item in manifest["items"])
+    first = manifest["items"][0]["archived"][0]
+    assert s3.head_object(Bucket=s3_bucket, Key=first.split("/", 3)[3])["ContentType"] == "image/png"
+
+
+def test_a_triggerer_restart_mid_batch_resumes_without_resubmitting(emulator, moto_s3, s3_bucket):
+    seed_inputs(moto_s3, s3_bucket, 40)
+    emulator.configure(queue_s=0.2, run_s=0.3, max_running=4)
+    task, context = batch_operator(s3_bucket, max_in_flight=6), {"ti": TI()}
+    with pytest.raises(TaskDeferred) as deferred:
+        task.execute(context)
+
+    async def run_then_kill(trigger):
+        runner = asyncio.ensure_future(first_event(trigger))
+        for _ in range(200):
+            await asyncio.sleep(0.05)
+            if emulator.counters()["jobs_created"] >= 15:
+                break
+        runner.cancel()  # the triggerer process dies mid-batch
+        with pytest.raises(asyncio.CancelledError):
+            await runner
+
+    asyncio.run(run_then_kill(rebuilt(deferred.value.trigger)))
+    created_before_restart = emulator.counters()["jobs_created"]
+    assert 15 <= created_before_restart < 40
+    event = asyncio.run(first_event(rebuilt(deferred.value.trigger)))  # a new triggerer picks it up
+    result = task.execute_complete(context, event)
+    assert result["succeeded"] + result["failed"] == 40
+    submit_unknown = result["counts"].get("submit_unknown", 0)
+    assert result["succeeded"] == 40 - submit_unknown
+    # Items caught mid-submit (their POST may or may not have left) are never resent, and every
+    # other item was submitted exactly once: at most one paid job per image.
+    assert 40 - submit_unknown <= emulator.counters()["jobs_created"] <= 40
+
+
+def test_partial_failures_follow_the_policy_and_lose_nothing(emulator, moto_s3, s3_bucket):
+    seed_inputs(moto_s3, s3_bucket, 30)
+    emulator.configure(queue_s=0.05, run_s=0.1, failure_rate=0.3, seed=7)
+    result = run_batch(batch_operator(s3_bucket, item_retries=0, max_failed_fraction=0.6), {"ti": TI()})
+    assert 0 < result["failed"] < 30
+    assert result["succeeded"] + result["failed"] == 30
+    assert emulator.counters()["jobs_created"] == 30
+    checkpoint = BatchCheckpoint(moto_s3.client(), s3_bucket, "out/enrich/manual__1/batch/-1")
+    state = checkpoint.load()
+    assert len(state.in_state(ItemState.ARCHIVED)) == result["succeeded"]
+
+
+def test_any_failure_fails_the_task_by_default_after_archiving_the_rest(emulator, moto_s3, s3_bucket):
+    seed_inputs(moto_s3, s3_bucket, 10)
+    emulator.configure(queue_s=0.05, run_s=0.1, failure_rate=0.5, seed=3)
+    with pytest.raises(RunComfyJobFailedError, match="items failed"):
+        run_batch(batch_operator(s3_bucket, item_retries=0), {"ti": TI()})
+    state = BatchCheckpoint(moto_s3.client(), s3_bucket, "out/enrich/manual__1/batch/-1").load()
+    assert state.in_state(ItemState.ARCHIVED)
+    assert not state.in_state(ItemState.COMPLETED)  # every completed item was archived
+
+
+def test_failed_items_are_retried_within_the_bound(emulator, moto_s3, s3_bucket):
+    seed_inputs(moto_s3, s3_bucket, 12)
+    emulator.configure(queue_s=0.05, run_s=0.1, failure_rate=0.4, seed=11)
+    result = run_batch(batch_operator(s3_bucket, item_retries=3, max_failed_fraction=1.0), {"ti": TI()})
+    created = emulator.counters()["jobs_created"]
+    assert 12 < created <= 12 * 4  # failures resubmitted, never more than 1 + item_retries per item
+    assert result["succeeded"] >= 9
+
+
+def test_a_lost_submit_answer_is_never_paid_twice(emulator, moto_s3, s3_bucket):
+    seed_inputs(moto_s3, s3_bucket, 5)
+    emulator.set_faults(endpoints=["submit"], rate_lost_response=1.0)
+    with pytest.raises(RunComfyJobFailedError, match="5 of 5 items failed"):
+        run_batch(batch_operator(s3_bucket), {"ti": TI()})
+    assert emulator.counters()["jobs_created"] == 5
+    emulator.set_faults()
+    with pytest.raises(RunComfyJobFailedError):  # a task retry does not resend ambiguous submits
+        run_batch(batch_operator(s3_bucket), {"ti": TI()})
+    assert emulator.counters()["jobs_created"] == 5
+
+
+def test_a_task_retry_after_success_reuses_everything(emulator, moto_s3, s3_bucket):
+    seed_inputs(moto_s3, s3_bucket, 6)
+    first = run_batch(batch_operator(s3_bucket), {"ti": TI()})
+    second = run_batch(batch_operator(s3_bucket), {"ti": TI()})
+    assert first["succeeded"] == second["succeeded"] == 6
+    assert emulator.counters()["jobs_created"] == 6
+
+
+def test_bad_items_fail_before_anything_is_submitted(emulator, s3_bucket):
+    task = batch_operator(s3_bucket, input_s3_prefix=None, items=["https://x.test/a.png"], num_images=9)
+    with pytest.raises(RunComfyError, match="num_images"):
+        task.execute({"ti": TI()})
+    assert emulator.counters()["submits"] == 0
