@@ -14,6 +14,7 @@ that state after a restart is never sent again (see :mod:`airflow_provider_nanob
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from airflow_provider_nanobanana.hooks.s3_media import S3MediaHook
 
 SAVE_EVERY_S = 1.0
+SUBMIT_DRAIN_S = 30.0
 PROGRESS_EVERY_S = 15.0
 
 
@@ -201,14 +203,26 @@ class _BatchRun:
         for item in group:
             item.state = ItemState.SUBMITTING
         await self._save()  # durable intent before any POST: the at-most-once guarantee
-        await asyncio.gather(*(self._submit(item) for item in group))
-        await self._save()
+        work = asyncio.ensure_future(self._submit_group(group))
+        try:
+            await asyncio.shield(work)
+        except asyncio.CancelledError:
+            # A graceful stop (triggerer restart, reassignment): let the POSTs already on the wire
+            # finish and their request ids be saved, so the next run re-attaches instead of
+            # having to mark them submit_unknown. A hard kill still falls back to that rule.
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(work, SUBMIT_DRAIN_S)
+            raise
         now = time.time()
         for item in group:
             if item.state is ItemState.ACTIVE:
                 self._watch(item, now)
             elif item.state is ItemState.PENDING:
                 self.pending.append(item)
+
+    async def _submit_group(self, group: list[BatchItem]) -> None:
+        await asyncio.gather(*(self._submit(item) for item in group))
+        await self._save()
 
     async def _submit(self, item: BatchItem) -> None:
         item.attempts += 1
