@@ -73,7 +73,9 @@ def test_a_large_prefix_with_a_queue_and_faults(emulator, moto_s3, s3_bucket):
     emulator.configure(queue_s=0.05, run_s=0.1, max_running=6)
     emulator.set_faults(endpoints=["status", "result"], rate_5xx=0.05, rate_429=0.05, retry_after_s=0.02)
     result = run_batch(batch_operator(s3_bucket), {"ti": TI()})
-    assert result["total"] == 300 and result["succeeded"] == 300 and result["failed"] == 0
+    assert result["total"] == 300
+    assert result["succeeded"] == 300
+    assert result["failed"] == 0
     assert set(result) >= {"manifest", "checkpoint", "counts"}
     assert len(json.dumps(result)) < 2000  # compact: never one entry per item in XCom
     counters = emulator.counters()

@@ -15,7 +15,8 @@ def test_items_caught_mid_submit_are_never_resent():
     s = state(ItemState.SUBMITTING, ItemState.ACTIVE, ItemState.PENDING)
     lost = s.recover_interrupted_submits()
     assert [i.id for i in lost] == ["i0"]
-    assert s.items[0].state is ItemState.SUBMIT_UNKNOWN and "not resubmitted" in s.items[0].error
+    assert s.items[0].state is ItemState.SUBMIT_UNKNOWN
+    assert "not resubmitted" in s.items[0].error
     assert s.items[0].state.is_final
 
 
