@@ -6,7 +6,7 @@ UV_VERSION := 0.13.9
 UV := $(or $(shell command -v uv 2>/dev/null),.tools/bin/uv)
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test test-newest test-oldest test-fast lint bench clean
 
 .tools/bin/uv:
 	$(PYTHON) -m venv .tools
@@ -19,9 +19,23 @@ demo: setup
 	$(UV) run --frozen python -m devstack.demo
 
 # pytest exits 5 when it collected nothing: that is a broken suite, not a pass.
-test: setup lint
-	$(UV) run --frozen pytest -q -ra; rc=$$?; \
+define pytest_strict
+	$(1) -m pytest $(2); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+endef
+
+# The whole suite on the newest supported Airflow (locked in uv.lock), then the fast suites on the
+# oldest supported Airflow (requirements/oldest-airflow.txt) in a clean environment of its own.
+test: setup lint test-newest test-oldest
+
+test-newest: setup
+	$(call pytest_strict,$(UV) run --frozen python,-q -ra)
+
+test-oldest: $(UV)
+	$(UV) venv -q --allow-existing .venv-oldest --python $(PYTHON)
+	VIRTUAL_ENV=.venv-oldest $(UV) pip install -q -r requirements/oldest-airflow.txt
+	VIRTUAL_ENV=.venv-oldest $(UV) pip install -q --no-deps -e .
+	$(call pytest_strict,.venv-oldest/bin/python,-q -ra -m "not e2e and not slow" tests/unit tests/integration tests/example_dags)
 
 test-fast: setup
 	$(UV) run --frozen pytest -m "not e2e and not slow" -q
@@ -35,4 +49,4 @@ bench: setup
 	$(UV) run --frozen python -m benchmarks.run
 
 clean:
-	rm -rf .venv .tools .run
+	rm -rf .venv .venv-oldest .tools .run

@@ -227,7 +227,7 @@ def shared_poll_budget() -> PollBudget:
 
 def _budget_config() -> tuple[float, int]:
     try:
-        from airflow.sdk import conf
+        from airflow_provider_nanobanana._compat import conf
 
         rate = conf.getfloat("nanobanana", "poll_rate_per_s", fallback=150.0)
         in_flight = conf.getint("nanobanana", "poll_max_in_flight", fallback=32)

@@ -40,7 +40,7 @@ from tenacity import (
 )
 
 from airflow_provider_nanobanana import __version__
-from airflow_provider_nanobanana._secrets import mask_secret
+from airflow_provider_nanobanana._compat import mask_secret
 from airflow_provider_nanobanana.exceptions import (
     RunComfyAPIError,
     RunComfyAuthError,

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
+from airflow_provider_nanobanana._compat import AirflowFailException
 from airflow_provider_nanobanana.archive import fields_from_context
 from airflow_provider_nanobanana.exceptions import (
     RunComfyError,
@@ -48,8 +49,6 @@ DEFERRAL_MARGIN_S = 120.0
 
 def _no_retry(exc: Exception) -> Exception:
     """Wrap ``exc`` so Airflow fails the task without retrying (a retry could pay twice)."""
-    from airflow.sdk.exceptions import AirflowFailException
-
     return AirflowFailException(str(exc))
 
 

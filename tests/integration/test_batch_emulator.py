@@ -6,8 +6,8 @@ import asyncio
 import json
 
 import pytest
-from airflow.sdk.exceptions import TaskDeferred
 
+from airflow_provider_nanobanana._compat import TaskDeferred
 from airflow_provider_nanobanana.batch import BatchCheckpoint, ItemState
 from airflow_provider_nanobanana.exceptions import RunComfyError, RunComfyJobFailedError
 from airflow_provider_nanobanana.operators.batch import NanoBananaBatchEditOperator

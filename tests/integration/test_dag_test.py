@@ -40,7 +40,10 @@ def test_mapped_deferrable_edits_through_dag_test(airflow_db, emulator, moto_s3,
 
     monkeypatch.setattr(RunComfyJobTrigger, "run", counting_run)
 
-    from airflow.dag_processing.dagbag import DagBag
+    try:
+        from airflow.dag_processing.dagbag import DagBag  # Airflow >= 3.2
+    except ImportError:
+        from airflow.models.dagbag import DagBag  # Airflow 3.1
 
     dag = DagBag().get_dag("nanobanana_dagtest")
     dagrun = dag.test(run_conf={"inputs": inputs, "output": f"s3://{s3_bucket}/out/"})

@@ -6,9 +6,9 @@ import asyncio
 import json
 
 import pytest
-from airflow.sdk.exceptions import TaskDeferred
 from PIL import Image
 
+from airflow_provider_nanobanana._compat import TaskDeferred
 from airflow_provider_nanobanana.exceptions import RunComfyJobFailedError, RunComfyJobTimeoutError
 from airflow_provider_nanobanana.models import JobState
 from airflow_provider_nanobanana.operators.nano_banana import NanoBananaEditOperator

@@ -7,8 +7,8 @@ import json
 import httpx
 import pytest
 import respx
-from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 
+from airflow_provider_nanobanana._compat import AirflowFailException, TaskDeferred
 from airflow_provider_nanobanana.exceptions import (
     InvalidEditRequestError,
     RunComfyJobCancelledError,

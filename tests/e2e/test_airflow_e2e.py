@@ -1,0 +1,179 @@
+"""End to end: a real Airflow 3 deployment runs ``nanobanana_s3_enrichment`` against the emulator and moto.
+
+Every component is a separate process (API server, scheduler, dag-processor, triggerer, emulator,
+moto S3), exactly as in production minus the network. The emulator runs one job at a time with a
+queue delay, so the edit tasks must really wait in the triggerer (``deferred``) while their jobs are
+queued or running, and the run must still end with every image archived and exactly one paid
+request per input.
+
+On failure the tails of every service log and the newest task logs are printed (pytest shows them
+under "Captured stdout"); everything is also kept under ``.run/e2e-<pid>/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from devstack.airflow_api import AirflowClient, TaskInstanceState
+from devstack.enrichment import DAG_ID, EDIT_TASK_ID, format_states, trigger_enrichment
+from devstack.seed import list_objects, read_object, seed_inputs
+from devstack.services import LocalStack
+from tests.e2e.conftest import FAILED_KEY
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(480)]
+
+N_IMAGES = 3
+BUCKET = "nanobanana-e2e"
+CONF = {
+    "bucket": BUCKET,
+    "input_prefix": "in/",
+    "output_prefix": "out/",
+    "prompt": "Make it look like a pencil sketch",
+}
+#: One job at a time with a queue delay: three jobs take at least 2 + 3 x 2 s, so tasks must defer.
+EMULATOR_ARGS = ["--max-running", "1", "--queue-s", "2", "--run-s", "2"]
+ACTIVE_JOB_STATES = {"in_queue", "in_progress"}
+RUN_TIMEOUT_S = 240.0
+
+
+@dataclass
+class Observations:
+    """What polling saw while the run was in flight."""
+
+    polls: int = 0
+    #: (map_index, request_id, job state at the emulator) for edit TIs seen ``deferred``.
+    deferred_while_active: list[tuple[int, str, str]] = field(default_factory=list)
+    states_seen: set[str] = field(default_factory=set)
+    history: list[str] = field(default_factory=list)
+
+
+@pytest.fixture
+def stack(request: pytest.FixtureRequest) -> Iterator[LocalStack]:
+    """A fresh stack per test; its files are deleted after a pass and kept after a failure."""
+    stack = LocalStack(f"e2e-{os.getpid()}", emulator_args=EMULATOR_ARGS)
+    try:
+        with stack:
+            yield stack
+    except Exception:
+        print(stack.diagnostics(lines=80))
+        raise
+    if not request.node.stash.get(FAILED_KEY, True):
+        shutil.rmtree(stack.run_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def logs_on_failure(stack: LocalStack) -> Iterator[None]:
+    """Print service and task log tails when the block fails, so CI failures explain themselves."""
+    try:
+        yield
+    except BaseException:
+        print(f"\n===== logs of the failed run (all files under {stack.run_dir}) =====")
+        print(stack.diagnostics(lines=80, task_logs=12))
+        raise
+
+
+def watch(client: AirflowClient, stack: LocalStack, run_id: str, seen: Observations) -> Any:
+    """An ``on_poll`` callback: for each deferred edit TI, ask the emulator what its job is doing."""
+
+    def on_poll(run_state: str, tis: list[TaskInstanceState]) -> None:
+        seen.polls += 1
+        seen.history.append(f"{run_state} | {format_states(tis)}")
+        for ti in tis:
+            if ti.task_id != EDIT_TASK_ID:
+                continue
+            seen.states_seen.add(ti.state or "none")
+            if ti.state != "deferred":
+                continue
+            request_id = client.xcom(
+                DAG_ID, run_id, EDIT_TASK_ID, key="runcomfy_request_id", map_index=ti.map_index
+            )
+            job_state = stack.emulator.job_status(request_id)
+            if job_state in ACTIVE_JOB_STATES:
+                seen.deferred_while_active.append((ti.map_index, request_id, job_state))
+
+    return on_poll
+
+
+def check_bucket(s3: Any, results: list[dict[str, Any]], input_uris: list[str]) -> None:
+    """Outputs are real images, one manifest per request names it and its input; nothing extra."""
+    keys = list_objects(s3, BUCKET, "out/")
+    images = [k for k in keys if not k.endswith(".manifest.json")]
+    manifests = [k for k in keys if k.endswith(".manifest.json")]
+    assert len(images) == N_IMAGES, keys
+    assert len(manifests) == N_IMAGES, keys
+    archived = sorted(uri for r in results for uri in r["archived"])
+    assert archived == sorted(f"s3://{BUCKET}/{k}" for k in images)
+    for key in images:
+        with Image.open(io.BytesIO(read_object(s3, f"s3://{BUCKET}/{key}"))) as image:
+            image.verify()
+            assert image.format == "PNG", key
+    manifest_inputs = []
+    for r in results:
+        manifest = json.loads(read_object(s3, r["manifest"]))
+        assert manifest["request_id"] == r["request_id"]
+        assert r["request_id"] in r["manifest"]
+        assert sorted(o["s3_uri"] for o in manifest["outputs"]) == sorted(r["archived"])
+        manifest_inputs += manifest["inputs"]
+    assert sorted(manifest_inputs) == sorted(input_uris), "each input edited exactly once"
+
+
+def test_enrichment_dag_runs_deferred_and_archives_every_image(stack: LocalStack) -> None:
+    with logs_on_failure(stack):
+        s3 = stack.moto.client()
+        seeded = seed_inputs(s3, BUCKET, CONF["input_prefix"], N_IMAGES)
+        client = stack.airflow.client()
+        run_id = trigger_enrichment(client, CONF, alive=stack.check_alive)
+
+        seen = Observations()
+        state = client.wait_for_run(
+            DAG_ID,
+            run_id,
+            timeout_s=RUN_TIMEOUT_S,
+            on_poll=watch(client, stack, run_id, seen),
+            interval_s=0.3,
+        )
+        print(f"{seen.polls} polls; edit states seen: {sorted(seen.states_seen)}; last: {seen.history[-1]}")
+        assert state == "success", "\n".join(seen.history[-20:])
+
+        edit_tis = [ti for ti in client.task_instances(DAG_ID, run_id) if ti.task_id == EDIT_TASK_ID]
+        assert sorted(ti.map_index for ti in edit_tis) == list(range(N_IMAGES))
+        assert {ti.state for ti in edit_tis} == {"success"}
+        # map_index_template labels each mapped task with its input in the UI.
+        assert sorted(ti.rendered_map_index or "" for ti in edit_tis) == sorted(img.uri for img in seeded)
+        assert seen.deferred_while_active, (
+            "no edit task was seen deferred while its job was queued/running:\n" + "\n".join(seen.history)
+        )
+
+        results = [client.xcom(DAG_ID, run_id, EDIT_TASK_ID, map_index=ti.map_index) for ti in edit_tis]
+        for ti, result in zip(edit_tis, results, strict=True):
+            pushed_id = client.xcom(
+                DAG_ID, run_id, EDIT_TASK_ID, key="runcomfy_request_id", map_index=ti.map_index
+            )
+            assert result["request_id"] == pushed_id
+            assert result["status"] == "completed"
+            assert result["archived"], result
+            assert all(uri.startswith(f"s3://{BUCKET}/out/") for uri in result["archived"]), result
+            assert result["manifest"].startswith(f"s3://{BUCKET}/out/"), result
+        assert len({r["request_id"] for r in results}) == N_IMAGES
+
+        check_bucket(s3, results, [img.uri for img in seeded])
+
+        summary = client.xcom(DAG_ID, run_id, "summarize")
+        assert summary["requests"] == N_IMAGES
+        assert sorted(summary["request_ids"]) == sorted(r["request_id"] for r in results)
+
+        counters = stack.emulator.counters()
+        assert counters["submits"] == N_IMAGES, counters
+        assert counters["cancels"] == 0, counters
+        assert counters["jobs_by_state"]["completed"] == N_IMAGES, counters
+        assert counters["peak_running"] <= 1, counters  # the emulator really ran one job at a time
