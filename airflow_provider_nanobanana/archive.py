@@ -403,3 +403,25 @@ def build_manifest(
         "finished_at": finished_at,
         "duration_s": round(duration_s, 3),
     }
+
+
+def check_destination(
+    dest_uri: str,
+    key_template: str,
+    fields: Mapping[str, object],
+    *,
+    outputs: int = 1,
+    what: str = "output_s3_uri",
+) -> None:
+    """Refuse a destination that could not hold the outputs, before anything is paid for.
+
+    The same checks :meth:`S3MediaHook.archive_outputs` makes, run with a sample request id, so a
+    bad ``output_s3_uri`` or ``s3_key_template`` fails the task up front instead of after the job
+    completed (when the outputs would then be at risk).
+    """
+    parse_s3_prefix(dest_uri, what=what)
+    render_key(
+        key_template, {**fields, "request_id": "request-id", "index": 0, "ext": "png"}, what="s3_key_template"
+    )
+    if outputs > 1 and "index" not in template_fields(key_template, what="s3_key_template"):
+        raise InvalidEditRequestError("s3_key_template must contain {index}: there are several outputs")

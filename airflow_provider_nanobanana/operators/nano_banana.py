@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from airflow_provider_nanobanana._compat import AirflowFailException
-from airflow_provider_nanobanana.archive import fields_from_context
+from airflow_provider_nanobanana.archive import DEFAULT_KEY_TEMPLATE, check_destination, fields_from_context
 from airflow_provider_nanobanana.exceptions import (
     RunComfyError,
     RunComfyNotFoundError,
@@ -197,6 +197,13 @@ class NanoBananaEditOperator(BaseOperator):
     # -- execution --------------------------------------------------------------------------------
     def execute(self, context: Context) -> dict[str, Any]:
         fields = self.validate_inputs()
+        if self.output_s3_uri:
+            check_destination(
+                self.output_s3_uri,
+                self.s3_key_template or DEFAULT_KEY_TEMPLATE,
+                fields_from_context(context),
+                outputs=fields["num_images"],
+            )
         work = fingerprint({**fields, "model_id": self.model_id})
         ledger = JobLedger.for_context(context)
         request_id = self._reattach(ledger, work)
