@@ -45,7 +45,7 @@ class MotoS3:
         host, port = self._server.get_host_and_port()
         self.endpoint_url = f"http://{host}:{port}"
 
-    def client(self):  # noqa: ANN201 - boto3 client types are generated
+    def client(self):
         return boto3.client(
             "s3",
             endpoint_url=self.endpoint_url,
