@@ -32,6 +32,7 @@ from airflow_provider_nanobanana.exceptions import (
     RunComfyTransientError,
 )
 from airflow_provider_nanobanana.hooks.runcomfy import Endpoint, RunComfyHook
+from airflow_provider_nanobanana.lineage import openlineage_facets, output_asset
 from airflow_provider_nanobanana.links import REQUEST_ID_XCOM_KEY, REQUEST_URL_XCOM_KEY, RunComfyRequestLink
 from airflow_provider_nanobanana.models import DEFAULT_MODEL_ID, EditRequest, JobEvent, JobState, redact_url
 from airflow_provider_nanobanana.outcome import raise_for_event
@@ -137,6 +138,10 @@ class NanoBananaEditOperator(BaseOperator):
         self.s3_key_template = s3_key_template
         self.presign_expiry = presign_expiry
         self._request_id: str | None = None
+        self._archived: list[str] = []
+        asset = output_asset(output_s3_uri)
+        if asset is not None and not kwargs.get("outlets"):
+            self.outlets = [asset]  # downstream DAGs can be scheduled on newly archived images
         if timeout <= 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
         PollPolicy(initial_s=poll_interval, max_s=max(poll_interval, poll_max_interval))
@@ -299,6 +304,8 @@ class NanoBananaEditOperator(BaseOperator):
         archived: dict[str, Any] = {"archived": [], "manifest": None}
         if self.output_s3_uri:
             archived = self._archive(context, request_id, images)
+        self._archived = archived["archived"]
+        self._emit_asset_event(context, request_id, archived)
         JobLedger.for_context(context).forget()
         self.log.info(
             "%s completed with %d image(s)%s",
@@ -330,6 +337,22 @@ class NanoBananaEditOperator(BaseOperator):
             **extra,
         )
         return {"archived": result.s3_uris, "manifest": result.manifest_uri}
+
+    def _emit_asset_event(self, context: Context, request_id: str, archived: Mapping[str, Any]) -> None:
+        """Attach what was archived to the output Asset's event (seen by asset-scheduled DAGs)."""
+        asset = output_asset(self.output_s3_uri)
+        events = context.get("outlet_events")
+        if asset is None or events is None or asset not in (self.outlets or []) or not archived["archived"]:
+            return
+        events[asset].extra = {
+            "request_id": request_id,
+            "archived": archived["archived"],
+            "manifest": archived["manifest"],
+        }
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the ``s3://`` inputs produced the archived ``s3://`` outputs."""
+        return openlineage_facets(self.edit_fields()["image_urls"], self._archived)
 
     def _cancel_quietly(self, request_id: str) -> None:
         asyncio.run(cancel_if_queued(self.hook, request_id, log=self.log))

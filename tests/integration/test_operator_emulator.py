@@ -133,3 +133,30 @@ def test_storms_of_429_and_5xx_while_waiting(emulator, input_image, s3_bucket, c
     result = run_deferred(operator(input_image, s3_bucket), context)
     assert result["status"] == "completed"
     assert emulator.counters()["jobs_created"] == 1
+
+
+def test_archived_outputs_are_an_asset_event_and_openlineage_datasets(
+    emulator, input_image, s3_bucket, context
+):
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    from airflow.sdk import Asset
+
+    task = operator(input_image, s3_bucket)
+    asset = Asset(uri=f"s3://{s3_bucket}/edited/")
+    assert task.outlets == [asset]  # a literal output prefix is declared as the task's Asset
+    context["outlet_events"] = defaultdict(SimpleNamespace)
+    result = run_deferred(task, context)
+    assert context["outlet_events"][asset].extra == {
+        "request_id": result["request_id"],
+        "archived": result["archived"],
+        "manifest": result["manifest"],
+    }
+    lineage = task.get_openlineage_facets_on_complete(None)
+    assert [(d.namespace, d.name) for d in lineage.inputs] == [(f"s3://{s3_bucket}", "inputs/cat.png")]
+    assert sorted(f"{d.namespace}/{d.name}" for d in lineage.outputs) == sorted(result["archived"])
+
+
+def test_a_templated_output_prefix_declares_no_asset(input_image, s3_bucket):
+    assert operator(input_image, s3_bucket, output_s3_uri="{{ params.out }}").outlets == []
