@@ -8,6 +8,7 @@ instead of crashing a poll loop.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator, Mapping
 from enum import Enum
@@ -206,10 +207,17 @@ def _redacted(value: Any) -> Any:
     return value
 
 
-_SIGNATURE_PARAMS = re.compile(
-    r"(?i)([?&](?:x-amz-signature|x-amz-credential|x-amz-security-token|signature|sig|token|"
-    r"awsaccesskeyid|x-goog-signature|x-goog-credential|se|sp|sv|skoid|sktid)=)[^&#\s]*"
+_SIGNATURE_PARAM_NAMES = (
+    "x-amz-signature|x-amz-credential|x-amz-security-token|signature|sig|token|"
+    "awsaccesskeyid|x-goog-signature|x-goog-credential|se|sp|sv|skoid|sktid"
 )
+_SIGNATURE_PARAMS = re.compile(rf"(?i)([?&](?:{_SIGNATURE_PARAM_NAMES})=)[^&#\s]*")
+_SIGNATURE_VALUES = re.compile(rf"(?i)[?&](?:{_SIGNATURE_PARAM_NAMES})=([^&#\s]+)")
+
+
+def signature_values(url: str) -> list[str]:
+    """The credential-bearing query values of a URL (to register with Airflow's secrets masker)."""
+    return _SIGNATURE_VALUES.findall(url)
 
 
 def redact_url(url: str) -> str:
@@ -330,7 +338,15 @@ def _walk_urls(node: Any) -> Iterator[str]:
 
 
 def describe_error(error: Any) -> str:
-    """Best human-readable text from an ``error`` field whose shape is undocumented."""
+    """Best human-readable text from an ``error`` field whose shape is undocumented.
+
+    Servers like to quote the input that failed, and inputs are often pre-signed URLs: the text is
+    redacted here because it ends up in exceptions, trigger events and task logs.
+    """
+    return redact_url(_error_text(error))
+
+
+def _error_text(error: Any) -> str:
     if error is None or error == "":
         return ""
     if isinstance(error, str):
@@ -341,6 +357,24 @@ def describe_error(error: Any) -> str:
                 kind = error.get("type") or error.get("code") or error.get("error_code")
                 return f"{kind}: {error[key]}" if kind else str(error[key])
     return str(error)[:500]
+
+
+class RedactURLsFilter(logging.Filter):
+    """Blanks URL signatures in log records of libraries that log whole URLs (httpx logs every
+    request at INFO, and output URLs carry CDN signatures)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            record.args = tuple(redact_url(a) if isinstance(a, str) else _redact_obj(a) for a in record.args)
+        if isinstance(record.msg, str):
+            record.msg = redact_url(record.msg)
+        return True
+
+
+def _redact_obj(value: Any) -> Any:
+    text = str(value)
+    redacted = redact_url(text)
+    return redacted if redacted != text else value
 
 
 EventStatus = Literal["success", "failed", "cancelled", "timeout", "error"]

@@ -30,7 +30,6 @@ are also registered with Airflow's secrets masker in case user code logs them.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import itertools
 import json
 import logging
@@ -43,10 +42,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from functools import cache, partial
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
 
 import botocore.exceptions
@@ -54,6 +53,7 @@ import httpx
 from botocore.config import Config
 
 from airflow_provider_nanobanana import __version__
+from airflow_provider_nanobanana._compat import mask_secret
 from airflow_provider_nanobanana.archive import (
     ALL_EXTENSIONS,
     DEFAULT_KEY_TEMPLATE,
@@ -90,6 +90,7 @@ from airflow_provider_nanobanana.models import (
     DEFAULT_MODEL_ID,
     MAX_INPUT_IMAGE_BYTES,
     redact_url,
+    signature_values,
     validate_request_id,
 )
 
@@ -140,7 +141,6 @@ _TRANSIENT_S3_CODES = frozenset(
         "500",
     }
 )
-_SIGNATURE_QUERY_PARAMS = frozenset({"x-amz-signature", "x-amz-security-token"})
 
 T = TypeVar("T")
 
@@ -693,6 +693,8 @@ class S3MediaHook:
         if len(output_urls) > 1 and "index" not in template_fields(key_template):
             raise InvalidEditRequestError("key_template must contain {index}: there are several outputs")
         bucket, prefix = parse_s3_prefix(dest_uri, what="dest_uri")
+        for url in output_urls:
+            mask_presigned_url(url)  # output URLs carry CDN signatures too
         refused = [
             f"output {i} ({redact_url(url)}) {problem}"
             for i, url in enumerate(output_urls)
@@ -1084,27 +1086,10 @@ def _utcnow() -> str:
 
 
 def mask_presigned_url(url: str) -> None:
-    """Register a pre-signed URL's signature (and session token) with Airflow's secrets masker.
+    """Register a signed URL's credentials with Airflow's secrets masker.
 
-    This module never logs the URL, but user code or RunComfy error echoes might; the masker then
-    turns the signature into ``***`` in task logs.
+    This module never logs such URLs, but user code, httpx or RunComfy error echoes might; the
+    masker then turns the signature into ``***`` in task logs.
     """
-    masker = _secret_masker()
-    if masker is None:
-        return
-    for name, value in parse_qsl(urlsplit(url).query):
-        if name.lower() in _SIGNATURE_QUERY_PARAMS and value:
-            masker(value)
-
-
-@cache
-def _secret_masker() -> Callable[[str], None] | None:
-    # airflow.sdk.log is the public home since 3.1; the execution-time module is the older fallback.
-    for module_name in ("airflow.sdk.log", "airflow.sdk.execution_time.secrets_masker"):
-        try:
-            masker: Callable[[str], None] = importlib.import_module(module_name).mask_secret
-        except (ImportError, AttributeError):
-            continue
-        return masker
-    log.debug("Airflow's secrets masker is unavailable; pre-signed URLs are not masked")
-    return None
+    for value in signature_values(url):
+        mask_secret(value)

@@ -200,16 +200,13 @@ class _BatchRun:
         group = [self.pending.popleft() for _ in range(min(free, len(self.pending)))]
         if not group:
             return
-        for item in group:
-            item.state = ItemState.SUBMITTING
-        await self._save()  # durable intent before any POST: the at-most-once guarantee
         work = asyncio.ensure_future(self._submit_group(group))
         try:
             await asyncio.shield(work)
         except asyncio.CancelledError:
-            # A graceful stop (triggerer restart, reassignment): let the POSTs already on the wire
-            # finish and their request ids be saved, so the next run re-attaches instead of
-            # having to mark them submit_unknown. A hard kill still falls back to that rule.
+            # A graceful stop (triggerer restart, reassignment): finish the group in hand (intent
+            # saved, POSTs sent, ids saved) so the next run re-attaches instead of having to mark
+            # items submit_unknown. A hard kill still falls back to that rule.
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(work, SUBMIT_DRAIN_S)
             raise
@@ -221,6 +218,9 @@ class _BatchRun:
                 self.pending.append(item)
 
     async def _submit_group(self, group: list[BatchItem]) -> None:
+        for item in group:
+            item.state = ItemState.SUBMITTING
+        await self._save()  # durable intent before any POST: the at-most-once guarantee
         await asyncio.gather(*(self._submit(item) for item in group))
         await self._save()
 
