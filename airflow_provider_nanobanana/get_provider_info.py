@@ -44,6 +44,29 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "extra-links": [f"{PACKAGE}.links.RunComfyRequestLink"],
+        "config": {
+            "nanobanana": {
+                "description": "Shared by every RunComfy trigger in one triggerer process.",
+                "options": {
+                    "poll_rate_per_s": {
+                        "description": "Most status/result polls per second across all RunComfy "
+                        "triggers of one triggerer; when many jobs wait, each job's poll interval "
+                        "stretches instead of the event loop falling over.",
+                        "version_added": "0.1.0",
+                        "type": "float",
+                        "example": "150",
+                        "default": "150",
+                    },
+                    "poll_max_in_flight": {
+                        "description": "Most RunComfy polls in flight at once per triggerer.",
+                        "version_added": "0.1.0",
+                        "type": "integer",
+                        "example": "32",
+                        "default": "32",
+                    },
+                },
+            }
+        },
         "connection-types": [
             {
                 "connection-type": "runcomfy",
@@ -79,6 +102,22 @@ def get_provider_info() -> dict[str, Any]:
                     "verify_tls": {
                         "label": "Verify TLS certificates",
                         "schema": {"type": ["boolean", "null"], "default": True},
+                    },
+                    "retry_max_wait_s": {
+                        "label": "Longest wait between retries (s)",
+                        "description": "Cap of the jittered backoff and of a server's Retry-After.",
+                        "schema": {"type": ["number", "null"], "default": 30},
+                    },
+                    "retry_total_s": {
+                        "label": "Retry budget per call (s)",
+                        "description": "No retry starts after this much time spent on one call.",
+                        "schema": {"type": ["number", "null"], "default": 120},
+                    },
+                    "output_hosts": {
+                        "label": "Extra output hosts",
+                        "description": "Comma-separated hosts (or *.suffix) outputs may be downloaded from, "
+                        "besides the API host and *.runcomfy.net / *.runcomfy.com.",
+                        "schema": {"type": ["string", "null"]},
                     },
                 },
             }

@@ -49,6 +49,8 @@ class NanoBananaBatchEditOperator(BaseOperator):
     "id": ...}``; templated, so an XCom works) or from every image under ``input_s3_prefix``. The
     ``prompt`` may use ``{name}`` (file name without extension) and ``{key}`` (object key) per item.
 
+    :param items: the edits, when not listing a prefix: URLs/``s3://`` URIs or dicts (templated).
+    :param input_s3_prefix: ``s3://bucket/prefix/``: one item per image object below it.
     :param output_s3_uri: where outputs, the per-request manifests, the batch manifest and the
         resumable checkpoint (``_batch/state.json``) go, below ``{dag_id}/{run_id}/{task_id}/{map_index}``.
     :param max_in_flight: most jobs queued or running at RunComfy at once for this batch.
@@ -58,6 +60,13 @@ class NanoBananaBatchEditOperator(BaseOperator):
         (0 = any failure fails the task, 1 = never). Completed outputs that could not be archived
         always fail the task: nothing is lost silently.
     :param timeout: seconds for the whole batch.
+    :param model_id: RunComfy model to submit to.
+    :param runcomfy_conn_id: ``runcomfy`` connection (password = API token).
+    :param aws_conn_id: AWS connection for inputs, outputs and the checkpoint.
+    :param archive_concurrency: outputs archived in parallel once the trigger is done.
+    :param poll_interval: seconds before a job's first poll; later polls back off.
+    :param poll_max_interval: longest wait between two polls of one job, in seconds.
+    :param presign_expiry: lifetime (s) of pre-signed input URLs (made at submit time).
     """
 
     template_fields: Sequence[str] = ("prompt", "items", "input_s3_prefix", "output_s3_uri")

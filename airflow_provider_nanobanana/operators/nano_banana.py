@@ -60,13 +60,19 @@ class NanoBananaEditOperator(BaseOperator):
     URIs), ``num_images`` (1-4), ``seed``, ``aspect_ratio``, ``resolution``, ``output_format``,
     ``safety_tolerance`` (1-6), ``limit_generations``, ``enable_web_search``.
 
+    :param model_id: RunComfy model to submit to; the inputs above are this model's schema.
     :param runcomfy_conn_id: ``runcomfy`` connection (password = API token).
     :param poll_interval: seconds before the first status poll; later polls back off to
         ``poll_max_interval``.
+    :param poll_max_interval: longest wait between two polls, in seconds.
     :param timeout: seconds to wait for the job before cancelling it (if still queued) and failing.
     :param deferrable: wait in the triggerer (default; frees the worker slot). ``False`` waits on
         the worker, for deployments without a triggerer.
+    :param cancel_on_kill: cancel the job (if still queued) when the task is killed, marked
+        failed or cleared while it waits; RunComfy cannot cancel a running job.
     :param aws_conn_id: AWS connection for ``s3://`` inputs and ``output_s3_uri``.
+    :param staging_s3_uri: ``s3://bucket/prefix/`` where local-file inputs are uploaded (by content
+        hash) before being pre-signed; without it local paths are refused.
     :param output_s3_uri: ``s3://bucket/prefix/``; when set, every output is archived there with a
         JSON manifest, and the task fails if any output cannot be archived.
     :param s3_key_template: key of each archived image below ``output_s3_uri``.

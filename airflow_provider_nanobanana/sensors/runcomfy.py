@@ -27,6 +27,12 @@ class RunComfyJobSensor(BaseSensorOperator):
     Deferrable by default (the same trigger as :class:`NanoBananaEditOperator`). The sensor only
     watches: it never cancels a job it did not submit. Returns ``{"request_id", "status", "images"}``
     with output URLs redacted.
+
+    :param request_id: the RunComfy request to wait for (templated).
+    :param runcomfy_conn_id: ``runcomfy`` connection (password = API token).
+    :param deferrable: wait in the triggerer (default) or poke from the worker.
+    :param poll_interval: seconds before the first poll; also the poke interval.
+    :param poll_max_interval: longest wait between two polls in deferrable mode, in seconds.
     """
 
     template_fields: Sequence[str] = ("request_id",)
