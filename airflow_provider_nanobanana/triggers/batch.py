@@ -116,6 +116,28 @@ class RunComfyBatchTrigger(BaseTrigger):
             event = BatchEvent(status="error", checkpoint_uri=uri, message=f"{type(exc).__name__}: {exc}")
         yield TriggerEvent(event.model_dump(mode="json"))
 
+    async def on_kill(self) -> None:
+        """Airflow >= 3.3, on mark-failed/clear of the deferred batch: cancel its still-queued jobs.
+
+        Running jobs cannot be cancelled at RunComfy and finish regardless. Best effort and bounded:
+        each cancel is one short call, failures are logged, never raised.
+        """
+        from airflow_provider_nanobanana.hooks.s3_media import S3MediaHook
+        from airflow_provider_nanobanana.triggers.runcomfy import cancel_if_queued
+
+        media = S3MediaHook(self.aws_conn_id)
+        try:
+            client = await asyncio.to_thread(media.get_client)
+            checkpoint = BatchCheckpoint(client, self.checkpoint_bucket, self.checkpoint_prefix)
+            state = await asyncio.to_thread(checkpoint.load)
+        except Exception as exc:  # noqa: BLE001 - cleanup must never raise
+            self.log.warning("Could not read the batch checkpoint to cancel its jobs: %s", exc)
+            return
+        active = [i.request_id for i in state.in_state(ItemState.ACTIVE) if i.request_id] if state else []
+        hook = RunComfyHook(self.runcomfy_conn_id, model_id=self.model_id)
+        results = await asyncio.gather(*(cancel_if_queued(hook, rid, log=self.log) for rid in active))
+        self.log.info("Batch killed: cancelled %d of %d unfinished job(s)", sum(results), len(active))
+
     async def _run(self) -> BatchEvent:
         from airflow_provider_nanobanana.hooks.s3_media import S3MediaHook
 

@@ -177,3 +177,27 @@ def test_bad_items_fail_before_anything_is_submitted(emulator, s3_bucket):
     with pytest.raises(RunComfyError, match="num_images"):
         task.execute({"ti": TI()})
     assert emulator.counters()["submits"] == 0
+
+
+def test_killing_the_deferred_batch_cancels_its_queued_jobs(emulator, moto_s3, s3_bucket):
+    seed_inputs(moto_s3, s3_bucket, 6)
+    emulator.configure(max_running=1, queue_s=0.0, run_s=30.0)  # one runs, the rest stay queued
+    task, context = batch_operator(s3_bucket, max_in_flight=4), {"ti": TI()}
+    with pytest.raises(TaskDeferred) as deferred:
+        task.execute(context)
+
+    async def run_a_while_then_kill(trigger):
+        runner = asyncio.ensure_future(first_event(trigger))
+        for _ in range(200):
+            await asyncio.sleep(0.05)
+            if emulator.counters()["jobs_created"] >= 4:
+                break
+        runner.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await runner
+        await rebuilt(deferred.value.trigger).on_kill()  # the user marks the task failed
+
+    asyncio.run(run_a_while_then_kill(rebuilt(deferred.value.trigger)))
+    by_state = emulator.counters()["jobs_by_state"]
+    assert by_state.get("cancelled") == 3  # the queued ones
+    assert by_state.get("in_progress") == 1  # RunComfy cannot cancel a running job
