@@ -177,3 +177,51 @@ def test_enrichment_dag_runs_deferred_and_archives_every_image(stack: LocalStack
         assert counters["cancels"] == 0, counters
         assert counters["jobs_by_state"]["completed"] == N_IMAGES, counters
         assert counters["peak_running"] <= 1, counters  # the emulator really ran one job at a time
+
+
+BATCH_DAG_ID = "nanobanana_batch_enrichment"
+BATCH_TASK_ID = "edit_prefix"
+N_BATCH = 8
+
+
+def test_batch_dag_edits_a_prefix_in_one_deferred_task(stack: LocalStack) -> None:
+    """One task, one trigger, eight images: bounded in flight, one paid job each, all archived."""
+    with logs_on_failure(stack):
+        s3 = stack.moto.client()
+        seeded = seed_inputs(s3, BUCKET, "batch-in/", N_BATCH)
+        client = stack.airflow.client()
+        client.wait_for_dag(BATCH_DAG_ID, timeout_s=120, alive=stack.check_alive)
+        client.unpause(BATCH_DAG_ID)
+        conf = {"bucket": BUCKET, "input_prefix": "batch-in/", "output_prefix": "batch-out/"}
+        run_id = client.trigger(BATCH_DAG_ID, conf=conf)
+
+        deferred_while_active: list[int] = []
+
+        def on_poll(run_state: str, tis: list[TaskInstanceState]) -> None:
+            for ti in tis:
+                if ti.task_id == BATCH_TASK_ID and ti.state == "deferred":
+                    active = stack.emulator.counters()["active"]
+                    if active:
+                        deferred_while_active.append(active)
+
+        state = client.wait_for_run(
+            BATCH_DAG_ID, run_id, timeout_s=RUN_TIMEOUT_S, on_poll=on_poll, interval_s=0.5
+        )
+        assert state == "success"
+        assert deferred_while_active, "the batch task was never seen deferred while jobs were active"
+
+        summary = client.xcom(BATCH_DAG_ID, run_id, BATCH_TASK_ID)
+        assert summary["total"] == N_BATCH
+        assert summary["succeeded"] == N_BATCH
+        assert summary["failed"] == 0
+        manifest = json.loads(read_object(s3, summary["manifest"]))
+        assert sorted(i["image_urls"][0] for i in manifest["items"]) == sorted(img.uri for img in seeded)
+        archived = [uri for item in manifest["items"] for uri in item["archived"]]
+        assert len(archived) == N_BATCH
+        for uri in archived:
+            with Image.open(io.BytesIO(read_object(s3, uri))) as image:
+                image.verify()
+
+        counters = stack.emulator.counters()
+        assert counters["jobs_created"] == N_BATCH, counters  # one paid job per image
+        assert counters["peak_active"] <= 3, counters  # the DAG's max_in_flight held at RunComfy

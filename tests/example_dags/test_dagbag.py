@@ -19,6 +19,7 @@ EXPECTED_TASKS = {
     "nanobanana_single_edit": {"edit_image"},
     "nanobanana_s3_enrichment": {"list_input_images", "edit_image", "summarize"},
     "nanobanana_scheduled": {"daily_edit"},
+    "nanobanana_batch_enrichment": {"edit_prefix"},
 }
 
 
