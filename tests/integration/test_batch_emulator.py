@@ -13,15 +13,13 @@ from airflow_provider_nanobanana.exceptions import RunComfyError, RunComfyJobFai
 from airflow_provider_nanobanana.operators.batch import NanoBananaBatchEditOperator
 from airflow_provider_nanobanana.triggers.batch import RunComfyBatchTrigger
 from tests.conftest import png_bytes
+from tests.fakes import new_context
 
 pytestmark = pytest.mark.usefixtures("airflow_connections")
 
 
-class TI:
-    dag_id, task_id, run_id, map_index = "enrich", "batch", "manual__1", -1
-
-    def xcom_push(self, key, value):
-        pass
+def batch_context():
+    return new_context(task_id="batch", run_id="manual__1", map_index=-1)
 
 
 def seed_inputs(moto_s3, bucket, n):
@@ -72,7 +70,7 @@ def test_a_large_prefix_with_a_queue_and_faults(emulator, moto_s3, s3_bucket):
     seed_inputs(moto_s3, s3_bucket, 300)
     emulator.configure(queue_s=0.05, run_s=0.1, max_running=6)
     emulator.set_faults(endpoints=["status", "result"], rate_5xx=0.05, rate_429=0.05, retry_after_s=0.02)
-    result = run_batch(batch_operator(s3_bucket), {"ti": TI()})
+    result = run_batch(batch_operator(s3_bucket), batch_context())
     assert result["total"] == 300
     assert result["succeeded"] == 300
     assert result["failed"] == 0
@@ -94,7 +92,7 @@ def test_a_large_prefix_with_a_queue_and_faults(emulator, moto_s3, s3_bucket):
 def test_a_triggerer_restart_mid_batch_resumes_without_resubmitting(emulator, moto_s3, s3_bucket):
     seed_inputs(moto_s3, s3_bucket, 40)
     emulator.configure(queue_s=0.2, run_s=0.3, max_running=4)
-    task, context = batch_operator(s3_bucket, max_in_flight=6, max_failed_fraction=1.0), {"ti": TI()}
+    task, context = batch_operator(s3_bucket, max_in_flight=6, max_failed_fraction=1.0), batch_context()
     with pytest.raises(TaskDeferred) as deferred:
         task.execute(context)
 
@@ -124,7 +122,7 @@ def test_a_triggerer_restart_mid_batch_resumes_without_resubmitting(emulator, mo
 def test_partial_failures_follow_the_policy_and_lose_nothing(emulator, moto_s3, s3_bucket):
     seed_inputs(moto_s3, s3_bucket, 30)
     emulator.configure(queue_s=0.05, run_s=0.1, failure_rate=0.3, seed=7)
-    result = run_batch(batch_operator(s3_bucket, item_retries=0, max_failed_fraction=0.6), {"ti": TI()})
+    result = run_batch(batch_operator(s3_bucket, item_retries=0, max_failed_fraction=0.6), batch_context())
     assert 0 < result["failed"] < 30
     assert result["succeeded"] + result["failed"] == 30
     assert emulator.counters()["jobs_created"] == 30
@@ -137,7 +135,7 @@ def test_any_failure_fails_the_task_by_default_after_archiving_the_rest(emulator
     seed_inputs(moto_s3, s3_bucket, 10)
     emulator.configure(queue_s=0.05, run_s=0.1, failure_rate=0.5, seed=3)
     with pytest.raises(RunComfyJobFailedError, match="items failed"):
-        run_batch(batch_operator(s3_bucket, item_retries=0), {"ti": TI()})
+        run_batch(batch_operator(s3_bucket, item_retries=0), batch_context())
     state = BatchCheckpoint(moto_s3.client(), s3_bucket, "out/enrich/manual__1/batch/-1").load()
     assert state.in_state(ItemState.ARCHIVED)
     assert not state.in_state(ItemState.COMPLETED)  # every completed item was archived
@@ -146,7 +144,7 @@ def test_any_failure_fails_the_task_by_default_after_archiving_the_rest(emulator
 def test_failed_items_are_retried_within_the_bound(emulator, moto_s3, s3_bucket):
     seed_inputs(moto_s3, s3_bucket, 12)
     emulator.configure(queue_s=0.05, run_s=0.1, failure_rate=0.4, seed=11)
-    result = run_batch(batch_operator(s3_bucket, item_retries=3, max_failed_fraction=1.0), {"ti": TI()})
+    result = run_batch(batch_operator(s3_bucket, item_retries=3, max_failed_fraction=1.0), batch_context())
     created = emulator.counters()["jobs_created"]
     assert 12 < created <= 12 * 4  # failures resubmitted, never more than 1 + item_retries per item
     assert result["succeeded"] >= 9
@@ -156,18 +154,18 @@ def test_a_lost_submit_answer_is_never_paid_twice(emulator, moto_s3, s3_bucket):
     seed_inputs(moto_s3, s3_bucket, 5)
     emulator.set_faults(endpoints=["submit"], rate_lost_response=1.0)
     with pytest.raises(RunComfyJobFailedError, match="5 of 5 items failed"):
-        run_batch(batch_operator(s3_bucket), {"ti": TI()})
+        run_batch(batch_operator(s3_bucket), batch_context())
     assert emulator.counters()["jobs_created"] == 5
     emulator.set_faults()
     with pytest.raises(RunComfyJobFailedError):  # a task retry does not resend ambiguous submits
-        run_batch(batch_operator(s3_bucket), {"ti": TI()})
+        run_batch(batch_operator(s3_bucket), batch_context())
     assert emulator.counters()["jobs_created"] == 5
 
 
 def test_a_task_retry_after_success_reuses_everything(emulator, moto_s3, s3_bucket):
     seed_inputs(moto_s3, s3_bucket, 6)
-    first = run_batch(batch_operator(s3_bucket), {"ti": TI()})
-    second = run_batch(batch_operator(s3_bucket), {"ti": TI()})
+    first = run_batch(batch_operator(s3_bucket), batch_context())
+    second = run_batch(batch_operator(s3_bucket), batch_context())
     assert first["succeeded"] == second["succeeded"] == 6
     assert emulator.counters()["jobs_created"] == 6
 
@@ -175,14 +173,14 @@ def test_a_task_retry_after_success_reuses_everything(emulator, moto_s3, s3_buck
 def test_bad_items_fail_before_anything_is_submitted(emulator, s3_bucket):
     task = batch_operator(s3_bucket, input_s3_prefix=None, items=["https://x.test/a.png"], num_images=9)
     with pytest.raises(RunComfyError, match="num_images"):
-        task.execute({"ti": TI()})
+        task.execute(batch_context())
     assert emulator.counters()["submits"] == 0
 
 
 def test_killing_the_deferred_batch_cancels_its_queued_jobs(emulator, moto_s3, s3_bucket):
     seed_inputs(moto_s3, s3_bucket, 6)
     emulator.configure(max_running=1, queue_s=0.0, run_s=30.0)  # one runs, the rest stay queued
-    task, context = batch_operator(s3_bucket, max_in_flight=4), {"ti": TI()}
+    task, context = batch_operator(s3_bucket, max_in_flight=4), batch_context()
     with pytest.raises(TaskDeferred) as deferred:
         task.execute(context)
 

@@ -13,31 +13,14 @@ from airflow_provider_nanobanana.exceptions import RunComfyJobFailedError, RunCo
 from airflow_provider_nanobanana.models import JobState
 from airflow_provider_nanobanana.operators.nano_banana import NanoBananaEditOperator
 from airflow_provider_nanobanana.triggers.runcomfy import RunComfyJobTrigger
+from tests.fakes import TI, new_context
 
 pytestmark = pytest.mark.usefixtures("airflow_connections")
 
 
-class TI:
-    dag_id, task_id, run_id, map_index = "enrich", "edit", "manual__2026-11-27", 0
-
-    def __init__(self):
-        self.xcom = {}
-
-    def xcom_push(self, key, value):
-        self.xcom[key] = value
-
-
-class StateStore(dict):
-    def set(self, key, value):
-        self[key] = value
-
-    def delete(self, key):
-        self.pop(key, None)
-
-
 @pytest.fixture
 def context():
-    return {"ti": TI(), "task_state_store": StateStore()}
+    return new_context()
 
 
 def operator(input_uri, bucket, **kw):

@@ -15,41 +15,9 @@ from airflow.sdk.exceptions import TaskDeferred
 from airflow_provider_nanobanana.operators.nano_banana import NanoBananaEditOperator
 from airflow_provider_nanobanana.triggers.batch import RunComfyBatchTrigger
 from airflow_provider_nanobanana.triggers.runcomfy import RunComfyJobTrigger
+from tests.fakes import TI, StateStore, new_context  # noqa: F401 - re-exported to the suite
 
 PROVIDER_LOGGERS = ("airflow_provider_nanobanana", "airflow.task", "airflow.triggers", "httpx")
-
-
-class TI:
-    """The parts of a RuntimeTaskInstance the operators use; ``xcom`` is what was pushed."""
-
-    dag_id, task_id, run_id, map_index = "enrich", "edit", "manual__2026-11-27", 0
-
-    def __init__(self, **fields: Any) -> None:
-        self.xcom: dict[str, Any] = {}
-        self.pulls: dict[str, Any] = {}
-        for name, value in fields.items():
-            setattr(self, name, value)
-
-    def xcom_push(self, key: str, value: Any) -> None:
-        json.dumps(value)  # XCom values must be JSON-serialisable
-        self.xcom[key] = value
-
-    def xcom_pull(self, task_ids: str | None = None, key: str = "return_value", **_: Any) -> Any:
-        return self.pulls.get(task_ids or "", None)
-
-
-class StateStore(dict):
-    """Airflow 3.3's task state store: survives task tries, unlike XCom."""
-
-    def set(self, key: str, value: Any) -> None:
-        self[key] = json.loads(json.dumps(value))
-
-    def delete(self, key: str) -> None:
-        self.pop(key, None)
-
-
-def new_context(store: StateStore | None = None, **ti_fields: Any) -> Any:
-    return {"ti": TI(**ti_fields), "task_state_store": StateStore() if store is None else store}
 
 
 @pytest.fixture

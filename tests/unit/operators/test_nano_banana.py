@@ -17,6 +17,7 @@ from airflow_provider_nanobanana.exceptions import (
 )
 from airflow_provider_nanobanana.operators.nano_banana import NanoBananaEditOperator
 from airflow_provider_nanobanana.triggers.runcomfy import RunComfyJobTrigger
+from tests.fakes import TI, new_context
 
 BASE = "https://api.test"
 SUBMIT = f"{BASE}/v1/models/google/nano-banana-2/edit"
@@ -46,27 +47,9 @@ def connection(monkeypatch):
     )
 
 
-class FakeTI:
-    dag_id, task_id, run_id, map_index = "d", "t", "manual__1", -1
-
-    def __init__(self):
-        self.xcom = {}
-
-    def xcom_push(self, key, value):
-        self.xcom[key] = value
-
-
-class FakeStateStore(dict):
-    def set(self, key, value):
-        self[key] = value
-
-    def delete(self, key):
-        self.pop(key, None)
-
-
 @pytest.fixture
 def context():
-    return {"ti": FakeTI(), "task_state_store": FakeStateStore()}
+    return new_context()
 
 
 def op(**kw):
@@ -163,7 +146,7 @@ def test_retry_reattaches_to_a_live_job_instead_of_paying_again(context):
     mock_job("r5", ["in_queue", "in_progress", "in_progress"], DONE)
     with pytest.raises(TaskDeferred):
         op().execute(context)
-    context["ti"] = FakeTI()  # a new try: XCom is cleared, the state store is not
+    context["ti"] = TI()  # a new try: XCom is cleared, the state store is not
     with pytest.raises(TaskDeferred) as deferred:
         op().execute(context)
     assert deferred.value.trigger.request_id == "r5"

@@ -1,0 +1,55 @@
+"""``python -m benchmarks.child TASK JSON``: one measurement in a fresh process, result on stdout.
+
+A fresh process per measurement keeps peak RSS (``ru_maxrss``) and CPU time attributable to exactly
+one variant. The last stdout line is ``RESULT {json}``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+RESULT_PREFIX = "RESULT "
+TASKS = {
+    "density": "benchmarks.density",
+    "workers": "benchmarks.workers",
+    "polls": "benchmarks.polls",
+    "archive": "benchmarks.archive",
+    "batch": "benchmarks.batch",
+    "transport": "benchmarks.transport",
+}
+
+
+def run_child(task: str, args: dict[str, Any], *, timeout_s: float) -> dict[str, Any]:
+    """Run ``task`` in a child process; a crash or timeout becomes an ``error`` entry, not an abort."""
+    cmd = [sys.executable, "-m", "benchmarks.child", task, json.dumps(args)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=dict(os.environ))
+    except subprocess.TimeoutExpired:
+        return {"error": f"child {task} exceeded {timeout_s:.0f}s"}
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith(RESULT_PREFIX):
+            return dict(json.loads(line[len(RESULT_PREFIX) :]))
+    tail = (done.stderr or "").strip().splitlines()[-5:]
+    return {"error": f"child {task} exited {done.returncode}: {' | '.join(tail)}"}
+
+
+def main(argv: list[str]) -> int:
+    task, raw = argv[0], argv[1]
+    args = json.loads(raw)
+    from benchmarks.common import configure_airflow_env
+
+    configure_airflow_env(args["emulator_url"], args.get("moto_url"))
+    module = importlib.import_module(TASKS[task])
+    result = module.child_main(args)
+    sys.stdout.write(RESULT_PREFIX + json.dumps(result) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

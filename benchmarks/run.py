@@ -1,0 +1,229 @@
+"""``python -m benchmarks.run [--quick] [--only NAME ...] [--out PATH]``: run, print, write the doc.
+
+Every row is measured in the same run as its baseline, against servers started here on loopback
+(emulator, input-image server, moto), each in its own process. Results go to stdout and to
+``docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks import polls
+from benchmarks.archive import output_url
+from benchmarks.child import run_child
+from benchmarks.common import machine_info, servers, start_emulator, start_moto, start_png_server
+from benchmarks.report import render
+
+SEED = 9
+MB = 2**20
+AIRFLOW_TRIGGERER_CAPACITY = 1000  # [triggerer] capacity default
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one mode measures; ``--quick`` shrinks every N and duration."""
+
+    density_ns: tuple[int, ...]
+    naive_ns: tuple[int, ...]
+    queue_s: float
+    run_s: float
+    naive_wall_limit_s: float
+    worker_jobs: int
+    poll_real_jobs: int
+    poll_scale: float
+    archive_mb: tuple[int, ...]
+    batch_n: int
+    transport_requests: int
+
+
+FULL = Plan((100, 1000, 5000, 10000), (100, 1000), 30.0, 10.0, 150.0, 3, 100, 20.0, (10, 200), 1000, 3000)
+QUICK = Plan((100, 1000), (100,), 10.0, 5.0, 60.0, 1, 20, 40.0, (10,), 200, 1000)
+
+
+# -- the benchmarks ---------------------------------------------------------------------------------
+
+
+def bench_density(plan: Plan) -> dict[str, Any]:
+    emu = start_emulator(queue_s=plan.queue_s, run_s=plan.run_s, max_running=1_000_000, seed=SEED)
+    png = start_png_server()
+    rows = []
+    with servers(emu, png):
+        runs = [("shared", n) for n in plan.density_ns] + [("naive", n) for n in plan.naive_ns]
+        for impl, n in runs:
+            limit = plan.naive_wall_limit_s if impl == "naive" else 900.0
+            args = {
+                "emulator_url": emu.url,
+                "emulator_pid": emu.proc.pid,
+                "png_url": png.url,
+                "n": n,
+                "impl": impl,
+                "poll_interval_s": 2.0,
+                "poll_max_s": 30.0,
+                "job_timeout_s": limit + 60,
+                "wall_limit_s": limit,
+                "rss_guard_mb": 3000.0,
+            }
+            result = run_child("density", args, timeout_s=limit + 300)
+            result.setdefault("impl", impl)
+            result.setdefault("n", n)
+            result["impl"] = {
+                "shared": "RunComfyJobTrigger (shared client + budget)",
+                "naive": "naive: new AsyncClient per poll",
+            }[impl]
+            rows.append(result)
+            print(f"  density {impl} N={n}: {result}", flush=True)
+    return {"rows": rows, "queue_s": plan.queue_s, "run_s": plan.run_s}
+
+
+def bench_workers(plan: Plan) -> dict[str, Any]:
+    scale = 20.0
+    emu = start_emulator(queue_s=60, run_s=10, max_running=1000, time_scale=scale, seed=SEED)
+    png = start_png_server()
+    with servers(emu, png):
+        args = {"emulator_url": emu.url, "png_url": png.url, "time_scale": scale, "jobs": plan.worker_jobs}
+        result = run_child("workers", args, timeout_s=600)
+    for row in result.get("rows", []):
+        # Submit/defer/complete are real work, not waits: they do not stretch with the clock.
+        deferred = row["variant"].startswith("deferrable (")
+        row["worker_s_realtime"] = row["worker_s"] if deferred else row["worker_s_emulated"]
+    result["time_scale"] = scale
+    return result
+
+
+def bench_polls(plan: Plan) -> dict[str, Any]:
+    simulated = polls.simulate(10_000, SEED)
+    kw = {"queue_s": 0, "run_s": polls.RUN_S, "max_running": 1_000_000, "time_scale": plan.poll_scale}
+    adaptive, fixed, png = start_emulator(**kw), start_emulator(**kw), start_png_server()
+    with servers(adaptive, fixed, png):
+        args = {
+            "emulator_url": adaptive.url,
+            "fixed_url": fixed.url,
+            "png_url": png.url,
+            "time_scale": plan.poll_scale,
+            "jobs": plan.poll_real_jobs,
+            "seed": SEED,
+        }
+        real = run_child("polls", args, timeout_s=900)
+    return {"simulated": simulated, "real": real, "time_scale": plan.poll_scale}
+
+
+def bench_archive(plan: Plan) -> dict[str, Any]:
+    png, moto = start_png_server(), start_moto()
+    rows = []
+    with servers(png, moto):
+        for size_mb in plan.archive_mb:
+            emu = start_emulator(queue_s=0, run_s=0, max_running=10, output_pad_bytes=size_mb * MB)
+            with servers(emu):
+                url = output_url(emu.url, png.url)
+                for variant in ("streaming", "naive"):
+                    args = {
+                        "emulator_url": emu.url,
+                        "moto_url": moto.url,
+                        "url": url,
+                        "variant": variant,
+                        "size_mb": size_mb,
+                    }
+                    result = run_child("archive", args, timeout_s=600)
+                    result["variant"] = {
+                        "streaming": "S3MediaHook.archive_outputs (stream, multipart)",
+                        "naive": "requests.get().content + put_object",
+                    }[variant]
+                    result.setdefault("size_mb", size_mb)
+                    rows.append(result)
+                    print(f"  archive {variant} {size_mb} MB: {result}", flush=True)
+    return {"rows": rows}
+
+
+def bench_batch(plan: Plan) -> dict[str, Any]:
+    scale = 20.0
+    png, moto = start_png_server(), start_moto()
+    emu = start_emulator(queue_s=60, run_s=10, max_running=1_000_000, time_scale=scale, seed=SEED)
+    rows = []
+    with servers(png, moto, emu):
+        for mode in ("batch", "individual"):
+            args = {
+                "emulator_url": emu.url,
+                "moto_url": moto.url,
+                "png_url": png.url,
+                "mode": mode,
+                "n": plan.batch_n,
+                "prefix": f"batch-{int(time.time())}",
+                "max_in_flight": 200,
+                "time_scale": scale,
+                "wall_limit_s": 600,
+            }
+            result = run_child("batch", args, timeout_s=900)
+            result["mode"] = {
+                "batch": "RunComfyBatchTrigger (1 trigger, max_in_flight=200)",
+                "individual": f"{plan.batch_n} x RunComfyJobTrigger (+ {plan.batch_n} worker submits)",
+            }[mode]
+            rows.append(result)
+            print(f"  batch {mode}: {result}", flush=True)
+    return {"rows": rows, "time_scale": scale}
+
+
+def bench_transport(plan: Plan) -> dict[str, Any]:
+    png = start_png_server()
+    emu = start_emulator(queue_s=3600, run_s=10, max_running=10)
+    with servers(png, emu):
+        args = {
+            "emulator_url": emu.url,
+            "emulator_pid": emu.proc.pid,
+            "png_url": png.url,
+            "requests": plan.transport_requests,
+            "concurrency": 32,
+        }
+        return run_child("transport", args, timeout_s=600)
+
+
+BENCHES: dict[str, Callable[[Plan], dict[str, Any]]] = {
+    "transport": bench_transport,
+    "polls": bench_polls,
+    "workers": bench_workers,
+    "archive": bench_archive,
+    "batch": bench_batch,
+    "density": bench_density,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small N, short jobs (< 3 minutes)")
+    parser.add_argument("--only", nargs="*", choices=sorted(BENCHES), help="run only these benchmarks")
+    parser.add_argument("--out", default="docs/benchmarks.md", help="where to write the report")
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    command = "uv run --frozen python -m benchmarks.run " + shlex.join(
+        list(argv if argv is not None else sys.argv[1:])
+    )
+    command = command.strip()
+    t0 = time.monotonic()
+    results: dict[str, Any] = {}
+    for name, bench in BENCHES.items():
+        if args.only and name not in args.only:
+            continue
+        print(f"== {name}", flush=True)
+        started = time.monotonic()
+        try:
+            results[name] = bench(plan)
+        except Exception as exc:  # noqa: BLE001 - one broken benchmark must not hide the others
+            results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        print(f"   {name} took {time.monotonic() - started:.0f}s", flush=True)
+    text = render(results, machine_info(), command, "quick" if args.quick else "full", time.monotonic() - t0)
+    print(text)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text + "\n")
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

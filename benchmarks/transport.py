@@ -1,0 +1,97 @@
+"""Status-poll microbenchmark: httpx default transport vs httpx-aiohttp's AiohttpTransport vs aiohttp.
+
+Closed loop at a fixed concurrency against one job's status endpoint on the emulator (its own
+process; its CPU share is reported so a saturated emulator is visible). CPU ms per request is this
+process's CPU time divided by requests: the cost a triggerer pays per poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import httpx
+import psutil
+
+from benchmarks.common import EMULATOR_TOKEN, cpu_s
+from benchmarks.polls import _submit_raw
+
+Get = Callable[[str], Awaitable[int]]
+
+
+async def _closed_loop(get: Get, path: str, requests: int, concurrency: int) -> float:
+    remaining = [requests]
+
+    async def worker() -> None:
+        while remaining[0] > 0:
+            remaining[0] -= 1
+            if await get(path) != 200:
+                raise RuntimeError("status poll failed")
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return time.monotonic() - t0
+
+
+async def _variant(name: str, base: str, path: str, requests: int, concurrency: int) -> tuple[float, float]:
+    headers = {"Authorization": f"Bearer {EMULATOR_TOKEN}"}
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)
+    if name == "aiohttp":
+        async with aiohttp.ClientSession(base_url=base, headers=headers) as session:
+
+            async def get(p: str) -> int:
+                async with session.get(p) as resp:
+                    await resp.read()
+                    return resp.status
+
+            await _closed_loop(get, path, 50, concurrency)
+            c0 = cpu_s()
+            wall = await _closed_loop(get, path, requests, concurrency)
+            return wall, cpu_s() - c0
+    if name == "httpx + AiohttpTransport":
+        from httpx_aiohttp import AiohttpTransport
+
+        client = httpx.AsyncClient(base_url=base, headers=headers, transport=AiohttpTransport(limits=limits))
+    else:
+        client = httpx.AsyncClient(base_url=base, headers=headers, limits=limits)
+    async with client:
+
+        async def hget(p: str) -> int:
+            resp = await client.get(p)
+            resp.json()
+            return resp.status_code
+
+        await _closed_loop(hget, path, 50, concurrency)
+        c0 = cpu_s()
+        wall = await _closed_loop(hget, path, requests, concurrency)
+        return wall, cpu_s() - c0
+
+
+async def _measure(args: dict[str, Any]) -> dict[str, Any]:
+    base, requests, concurrency = str(args["emulator_url"]), int(args["requests"]), int(args["concurrency"])
+    rid = await asyncio.to_thread(_submit_raw, base, str(args["png_url"]))
+    path = f"/v1/requests/{rid}/status"
+    emulator = psutil.Process(int(args["emulator_pid"]))
+    rows = []
+    for name in ("httpx (default transport)", "httpx + AiohttpTransport", "aiohttp"):
+        e0 = sum(emulator.cpu_times()[:2])
+        wall, cpu = await _variant(name, base, path, requests, concurrency)
+        emu = sum(emulator.cpu_times()[:2]) - e0
+        rows.append(
+            {
+                "client": name,
+                "requests": requests,
+                "concurrency": concurrency,
+                "req_per_s": round(requests / wall, 0),
+                "cpu_ms_per_req": round(cpu * 1000 / requests, 3),
+                "emulator_cpu_pct": round(100 * emu / wall, 0),
+            }
+        )
+    return {"rows": rows}
+
+
+def child_main(args: dict[str, Any]) -> dict[str, Any]:
+    return asyncio.run(_measure(args))

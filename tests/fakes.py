@@ -1,0 +1,42 @@
+"""Stand-ins for the parts of Airflow's runtime task context the operators touch.
+
+Shared by unit, integration and reliability tests, so every suite fakes the context the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+class TI:
+    """The parts of a RuntimeTaskInstance the operators use; ``xcom`` is what was pushed."""
+
+    dag_id, task_id, run_id, map_index = "enrich", "edit", "manual__2026-11-27", 0
+
+    def __init__(self, **fields: Any) -> None:
+        self.xcom: dict[str, Any] = {}
+        self.pulls: dict[str, Any] = {}
+        for name, value in fields.items():
+            setattr(self, name, value)
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        json.dumps(value)  # XCom values must be JSON-serialisable
+        self.xcom[key] = value
+
+    def xcom_pull(self, task_ids: str | None = None, key: str = "return_value", **_: Any) -> Any:
+        return self.pulls.get(task_ids or "", None)
+
+
+class StateStore(dict):
+    """Airflow 3.3's task state store: survives task tries, unlike XCom."""
+
+    def set(self, key: str, value: Any) -> None:
+        self[key] = json.loads(json.dumps(value))
+
+    def delete(self, key: str) -> None:
+        self.pop(key, None)
+
+
+def new_context(store: StateStore | None = None, **ti_fields: Any) -> Any:
+    return {"ti": TI(**ti_fields), "task_state_store": StateStore() if store is None else store}
