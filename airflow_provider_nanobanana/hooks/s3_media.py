@@ -968,6 +968,7 @@ class _MultipartUpload:
     def start(
         cls, client: S3Client, bucket: str, key: str, content_type: str, metadata: Mapping[str, str]
     ) -> _MultipartUpload:
+        _abort_stale_uploads(client, bucket, key)
         response = client.create_multipart_upload(
             Bucket=bucket, Key=key, ContentType=content_type, Metadata=dict(metadata)
         )
@@ -997,6 +998,19 @@ class _MultipartUpload:
                 s3_uri(self.bucket, self.key),
                 type(exc).__name__,
             )
+
+
+def _abort_stale_uploads(client: S3Client, bucket: str, key: str) -> None:
+    """Abort unfinished uploads an earlier, interrupted run left at this exact key.
+
+    Keys are deterministic per request and output, so such uploads are ours: when S3 was down
+    mid-upload the earlier abort could not be sent, and the rerun is the first chance to clean up.
+    """
+    response = client.list_multipart_uploads(Bucket=bucket, Prefix=key)
+    for upload in response.get("Uploads", []):
+        if upload.get("Key") == key:
+            client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload["UploadId"])
+            log.info("Aborted a stale multipart upload of %s left by an interrupted run", s3_uri(bucket, key))
 
 
 # --- Helpers -------------------------------------------------------------------------------------

@@ -708,6 +708,21 @@ def test_interrupted_download_aborts_the_multipart_upload(
     assert keys_under(client, s3_bucket) == []
 
 
+def test_a_rerun_aborts_uploads_an_unreachable_s3_left_behind(
+    hook: S3MediaHook, moto_s3: Any, s3_bucket: str, files: FileServer
+) -> None:
+    """When S3 was down mid-upload the abort could not be sent; the rerun cleans up its own key."""
+    client = moto_s3.client()
+    key = f"{RUN_DIR}/{REQUEST_ID}_0.png"
+    client.create_multipart_upload(Bucket=s3_bucket, Key=key)  # the interrupted run's leftover
+    client.create_multipart_upload(Bucket=s3_bucket, Key=f"{key}.other")  # someone else's: kept
+    total = 20 * MiB
+    url = files.serve("/big.png", Route(body=lambda: big_body(total, os.urandom(MiB)), length=total))
+    archive(hook, [url], s3_bucket)
+    left = [u["Key"] for u in client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", [])]
+    assert left == [f"{key}.other"]
+
+
 def test_s3_going_down_mid_archive_lists_exactly_the_missing_outputs(
     moto_s3: Any, s3_bucket: str, files: FileServer
 ) -> None:
