@@ -43,6 +43,8 @@ from airflow_provider_nanobanana.triggers.runcomfy import RunComfyJobTrigger, ca
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+    from airflow_provider_nanobanana.hooks.s3_media import S3MediaHook
+
 #: The deferral's own timeout sits this far past the trigger's deadline, so the trigger's clean
 #: ``timeout`` event (which lets ``execute_complete`` cancel and explain) always arrives first.
 DEFERRAL_MARGIN_S = 120.0
@@ -196,7 +198,7 @@ class NanoBananaEditOperator(BaseOperator):
         )
 
     @cached_property
-    def s3_media(self) -> Any:
+    def s3_media(self) -> S3MediaHook:
         from airflow_provider_nanobanana.hooks.s3_media import S3MediaHook
 
         return S3MediaHook(
@@ -309,7 +311,7 @@ class NanoBananaEditOperator(BaseOperator):
         images = result.images
         archived: dict[str, Any] = {"archived": [], "manifest": None}
         if self.output_s3_uri:
-            archived = self._archive(context, request_id, images)
+            archived = self._archive(context, request_id, images, self.output_s3_uri)
         self._archived = archived["archived"]
         self._emit_asset_event(context, request_id, archived)
         JobLedger.for_context(context).forget()
@@ -327,20 +329,19 @@ class NanoBananaEditOperator(BaseOperator):
             **archived,
         }
 
-    def _archive(self, context: Context, request_id: str, images: list[str]) -> dict[str, Any]:
+    def _archive(self, context: Context, request_id: str, images: list[str], dest_uri: str) -> dict[str, Any]:
         fields = self.edit_fields()
-        extra = {"key_template": self.s3_key_template} if self.s3_key_template else {}
         result = self.s3_media.archive_outputs(
             images,
             request_id=request_id,
-            dest_uri=self.output_s3_uri,
+            dest_uri=dest_uri,
+            key_template=self.s3_key_template or DEFAULT_KEY_TEMPLATE,
             fields=fields_from_context(context),
             model_id=self.model_id,
             prompt=fields["prompt"],
             seed=fields["seed"],
             inputs=fields["image_urls"],
             parameters={k: v for k, v in fields.items() if k != "image_urls"},
-            **extra,
         )
         return {"archived": result.s3_uris, "manifest": result.manifest_uri}
 
