@@ -40,3 +40,16 @@ class StateStore(dict):
 
 def new_context(store: StateStore | None = None, **ti_fields: Any) -> Any:
     return {"ti": TI(**ti_fields), "task_state_store": StateStore() if store is None else store}
+
+
+class OutletEvents:
+    """``context["outlet_events"]``: one mutable event per asset, looked up by URI as Airflow does
+    (Asset objects are not hashable on every supported Airflow)."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, Any] = {}
+
+    def __getitem__(self, asset: Any) -> Any:
+        from types import SimpleNamespace
+
+        return self._events.setdefault(asset.uri, SimpleNamespace(extra={}))

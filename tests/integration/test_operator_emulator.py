@@ -121,15 +121,14 @@ def test_storms_of_429_and_5xx_while_waiting(emulator, input_image, s3_bucket, c
 def test_archived_outputs_are_an_asset_event_and_openlineage_datasets(
     emulator, input_image, s3_bucket, context
 ):
-    from collections import defaultdict
-    from types import SimpleNamespace
-
     from airflow.sdk import Asset
+
+    from tests.fakes import OutletEvents
 
     task = operator(input_image, s3_bucket)
     asset = Asset(uri=f"s3://{s3_bucket}/edited/")
     assert task.outlets == [asset]  # a literal output prefix is declared as the task's Asset
-    context["outlet_events"] = defaultdict(SimpleNamespace)
+    context["outlet_events"] = OutletEvents()
     result = run_deferred(task, context)
     assert context["outlet_events"][asset].extra == {
         "request_id": result["request_id"],
