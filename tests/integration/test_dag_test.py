@@ -76,3 +76,30 @@ def test_mapped_deferrable_edits_through_dag_test(airflow_db, emulator, moto_s3,
     assert len(triggered) == 3  # each mapped task really deferred to the trigger
     assert sorted(triggered) == sorted(v["request_id"] for v in values)
     assert emulator.counters()["jobs_created"] == 3
+
+
+def test_a_retry_after_a_crash_reattaches_through_airflows_own_storage(
+    airflow_db, emulator, moto_s3, s3_bucket
+):
+    """Real cross-try storage: the task state store on Airflow 3.3+, a Variable on older 3.x."""
+    from airflow.models import TaskInstance
+    from airflow.utils.session import create_session
+
+    from tests.conftest import png_bytes
+
+    try:
+        from airflow.dag_processing.dagbag import DagBag  # Airflow >= 3.2
+    except ImportError:
+        from airflow.models.dagbag import DagBag  # Airflow 3.1
+
+    emulator.configure(queue_s=1.0, run_s=0.5)
+    moto_s3.client().put_object(Bucket=s3_bucket, Key="in/r.png", Body=png_bytes(), ContentType="image/png")
+    dag = DagBag().get_dag("nanobanana_retry")
+    dagrun = dag.test(run_conf={"input": f"s3://{s3_bucket}/in/r.png", "output": f"s3://{s3_bucket}/out/"})
+
+    with create_session() as session:
+        ti = session.query(TaskInstance).filter_by(dag_id="nanobanana_retry", run_id=dagrun.run_id).one()
+        assert ti.try_number == 2  # the first try really failed after submitting
+        assert ti.state == "success"
+    assert dagrun.state == "success"
+    assert emulator.counters()["jobs_created"] == 1  # the retry re-attached: one paid job
