@@ -184,6 +184,12 @@ class EditRequest(BaseModel):
     __str__ = __repr__
 
 
+#: The model's tuning knobs: every ``EditRequest`` field except the prompt and the inputs.
+MODEL_PARAMETERS: tuple[str, ...] = tuple(
+    n for n in EditRequest.model_fields if n not in ("prompt", "image_urls")
+)
+
+
 def describe_validation_error(exc: ValidationError) -> str:
     """One line per bad field: ``field: problem (got value)``. Values that look like URLs are redacted."""
     lines = []

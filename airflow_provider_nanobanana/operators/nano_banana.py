@@ -34,7 +34,14 @@ from airflow_provider_nanobanana.exceptions import (
 from airflow_provider_nanobanana.hooks.runcomfy import Endpoint, RunComfyHook
 from airflow_provider_nanobanana.lineage import openlineage_facets, output_asset
 from airflow_provider_nanobanana.links import REQUEST_ID_XCOM_KEY, REQUEST_URL_XCOM_KEY, RunComfyRequestLink
-from airflow_provider_nanobanana.models import DEFAULT_MODEL_ID, EditRequest, JobEvent, JobState, redact_url
+from airflow_provider_nanobanana.models import (
+    DEFAULT_MODEL_ID,
+    MODEL_PARAMETERS,
+    EditRequest,
+    JobEvent,
+    JobState,
+    redact_url,
+)
 from airflow_provider_nanobanana.outcome import raise_for_event
 from airflow_provider_nanobanana.polling import JobWatch, PollPolicy, wait_for_job
 from airflow_provider_nanobanana.reattach import JobLedger, fingerprint
@@ -171,14 +178,7 @@ class NanoBananaEditOperator(BaseOperator):
         return {
             "prompt": self.prompt,
             "image_urls": list(urls) if isinstance(urls, (list, tuple)) else urls,
-            "num_images": self.num_images,
-            "seed": self.seed,
-            "aspect_ratio": self.aspect_ratio,
-            "resolution": self.resolution,
-            "output_format": self.output_format,
-            "safety_tolerance": self.safety_tolerance,
-            "limit_generations": self.limit_generations,
-            "enable_web_search": self.enable_web_search,
+            **{name: getattr(self, name) for name in MODEL_PARAMETERS},
         }
 
     def validate_inputs(self) -> dict[str, Any]:
