@@ -198,7 +198,8 @@ def test_unknown_job_state_waits_until_the_deadline_and_names_the_state(monkeypa
         cancel = api.post(f"/v1/requests/{rid}/cancel")
         trigger = RunComfyJobTrigger(
             request_id=rid,
-            deadline_epoch_s=time.time() + 0.6,
+            # Generous against a loaded CI machine: at 0.1 s per poll, 3 s leaves room for many polls.
+            deadline_epoch_s=time.time() + 3.0,
             runcomfy_conn_id="runcomfy_fake",
             poll_interval_s=0.1,
             poll_max_s=0.1,
