@@ -51,6 +51,12 @@ class PollPolicy:
         if self.factor < 1 or not 0 <= self.jitter < 1:
             raise ValueError("poll factor must be >= 1 and jitter in [0, 1)")
 
+    @classmethod
+    def between(cls, first_s: float, max_s: float) -> PollPolicy:
+        """The policy for an operator's ``poll_interval`` / ``poll_max_interval`` pair (a max below
+        the first interval means a fixed interval)."""
+        return cls(initial_s=first_s, max_s=max(first_s, max_s))
+
     def delay(
         self, step: int, *, retry_after_s: float | None = None, rng: random.Random | None = None
     ) -> float:

@@ -159,7 +159,7 @@ class NanoBananaEditOperator(BaseOperator):
             self.outlets = [asset]  # downstream DAGs can be scheduled on newly archived images
         if timeout <= 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
-        PollPolicy(initial_s=poll_interval, max_s=max(poll_interval, poll_max_interval))
+        PollPolicy.between(poll_interval, poll_max_interval)
 
     @cached_property
     def hook(self) -> RunComfyHook:
@@ -167,7 +167,7 @@ class NanoBananaEditOperator(BaseOperator):
 
     @property
     def policy(self) -> PollPolicy:
-        return PollPolicy(initial_s=self.poll_interval, max_s=max(self.poll_interval, self.poll_max_interval))
+        return PollPolicy.between(self.poll_interval, self.poll_max_interval)
 
     # -- inputs -----------------------------------------------------------------------------------
     def edit_fields(self) -> dict[str, Any]:

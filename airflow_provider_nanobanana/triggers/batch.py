@@ -170,9 +170,7 @@ class _BatchRun:
         self.log = trigger.log
         self.hook, self.settings, self.media = hook, settings, media
         self.checkpoint, self.state = checkpoint, state
-        self.policy = PollPolicy(
-            initial_s=trigger.poll_interval_s, max_s=max(trigger.poll_max_s, trigger.poll_interval_s)
-        )
+        self.policy = PollPolicy.between(trigger.poll_interval_s, trigger.poll_max_s)
         self.budget = PollBudget(trigger.rate_per_s, max_in_flight=min(64, 2 * trigger.max_in_flight))
         self.watches: dict[str, tuple[BatchItem, JobWatch]] = {}
         self.next_poll: dict[str, float] = {}

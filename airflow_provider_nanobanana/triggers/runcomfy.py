@@ -69,7 +69,7 @@ class RunComfyJobTrigger(BaseTrigger):
         return RunComfyHook(self.runcomfy_conn_id)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        policy = PollPolicy(initial_s=self.poll_interval_s, max_s=max(self.poll_max_s, self.poll_interval_s))
+        policy = PollPolicy.between(self.poll_interval_s, self.poll_max_s)
         watch = JobWatch(self.request_id, self.deadline_epoch_s, policy)
         hook = self._hook()
         budget = shared_poll_budget()
