@@ -377,6 +377,14 @@ class RedactURLsFilter(logging.Filter):
         return True
 
 
+def redact_httpx_logs() -> None:
+    """Install :class:`RedactURLsFilter` on httpx's logger (idempotent): httpx logs every request's
+    full URL at INFO, and both hooks fetch signed URLs with it."""
+    httpx_log = logging.getLogger("httpx")
+    if not any(isinstance(f, RedactURLsFilter) for f in httpx_log.filters):
+        httpx_log.addFilter(RedactURLsFilter())
+
+
 def _redact_obj(value: Any) -> Any:
     text = str(value)
     redacted = redact_url(text)

@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import logging
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -55,20 +54,17 @@ from airflow_provider_nanobanana.models import (
     DEFAULT_MODEL_ID,
     CancelResponse,
     EditRequest,
-    RedactURLsFilter,
     ResultResponse,
     StatusResponse,
     SubmitResponse,
     describe_error,
+    redact_httpx_logs,
     validate_request_id,
 )
 
 DEFAULT_BASE_URL = "https://model-api.runcomfy.net"
 
-# httpx logs each request's full URL at INFO; output URLs are signed. Installed once, idempotently.
-_HTTPX_LOG = logging.getLogger("httpx")
-if not any(isinstance(f, RedactURLsFilter) for f in _HTTPX_LOG.filters):
-    _HTTPX_LOG.addFilter(RedactURLsFilter())
+redact_httpx_logs()
 _MODEL_ID_SEGMENT = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 

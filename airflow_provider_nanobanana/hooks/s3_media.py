@@ -89,10 +89,13 @@ from airflow_provider_nanobanana.exceptions import ArchiveError, InvalidEditRequ
 from airflow_provider_nanobanana.models import (
     DEFAULT_MODEL_ID,
     MAX_INPUT_IMAGE_BYTES,
+    redact_httpx_logs,
     redact_url,
     signature_values,
     validate_request_id,
 )
+
+redact_httpx_logs()  # output downloads go through httpx, which logs full (signed) URLs
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

@@ -196,3 +196,19 @@ def test_cancel_outcomes():
     assert not refused.cancelled
     assert refused.outcome is CancelOutcome.NOT_CANCELLABLE
     assert CancelResponse.model_validate({"outcome": "later"}).outcome is CancelOutcome.UNKNOWN
+
+
+def test_httpx_request_logs_lose_their_signatures(caplog):
+    import logging
+
+    from airflow_provider_nanobanana.models import redact_httpx_logs
+
+    redact_httpx_logs()
+    redact_httpx_logs()  # idempotent: one filter, not two
+    assert sum(type(f).__name__ == "RedactURLsFilter" for f in logging.getLogger("httpx").filters) == 1
+    caplog.set_level(logging.INFO, logger="httpx")
+    logging.getLogger("httpx").info(
+        'HTTP Request: %s %s "%s"', "GET", "https://cdn/x.png?sig=SECRET1&a=1", "200"
+    )
+    assert "SECRET1" not in caplog.text
+    assert "sig=***" in caplog.text
