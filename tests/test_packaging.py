@@ -30,7 +30,7 @@ VERSION = airflow_provider_nanobanana.__version__
 def _uv() -> str:
     uv = os.environ.get("UV") or shutil.which("uv") or shutil.which("uv", path=str(ROOT / ".tools" / "bin"))
     if not uv:
-        pytest.skip("uv is not available")
+        pytest.fail("uv is not available: run the suite through `make test`, which installs it")
     return uv
 
 
