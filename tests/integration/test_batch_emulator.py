@@ -14,6 +14,7 @@ from airflow_provider_nanobanana.operators.batch import NanoBananaBatchEditOpera
 from airflow_provider_nanobanana.triggers.batch import RunComfyBatchTrigger
 from tests.conftest import png_bytes
 from tests.fakes import new_context
+from tests.triggering import counters, kill, until
 
 pytestmark = pytest.mark.usefixtures("airflow_connections")
 
@@ -50,6 +51,17 @@ async def first_event(trigger):
     async for event in trigger.run():
         return event.payload
     raise AssertionError("no event")
+
+
+async def run_until_jobs_then_kill(trigger, emulator, jobs):
+    """Run the batch trigger until ``jobs`` paid jobs exist, then kill it as a dying triggerer would."""
+    runner = asyncio.ensure_future(first_event(trigger))
+
+    async def enough_jobs():
+        return (await counters(emulator))["jobs_created"] >= jobs
+
+    await until(enough_jobs, timeout_s=20)
+    await kill(runner)
 
 
 def rebuilt(trigger):
@@ -96,17 +108,7 @@ def test_a_triggerer_restart_mid_batch_resumes_without_resubmitting(emulator, mo
     with pytest.raises(TaskDeferred) as deferred:
         task.execute(context)
 
-    async def run_then_kill(trigger):
-        runner = asyncio.ensure_future(first_event(trigger))
-        for _ in range(200):
-            await asyncio.sleep(0.05)
-            if emulator.counters()["jobs_created"] >= 15:
-                break
-        runner.cancel()  # the triggerer process dies mid-batch
-        with pytest.raises(asyncio.CancelledError):
-            await runner
-
-    asyncio.run(run_then_kill(rebuilt(deferred.value.trigger)))
+    asyncio.run(run_until_jobs_then_kill(rebuilt(deferred.value.trigger), emulator, 15))
     created_before_restart = emulator.counters()["jobs_created"]
     assert 15 <= created_before_restart < 40
     event = asyncio.run(first_event(rebuilt(deferred.value.trigger)))  # a new triggerer picks it up
@@ -184,18 +186,8 @@ def test_killing_the_deferred_batch_cancels_its_queued_jobs(emulator, moto_s3, s
     with pytest.raises(TaskDeferred) as deferred:
         task.execute(context)
 
-    async def run_a_while_then_kill(trigger):
-        runner = asyncio.ensure_future(first_event(trigger))
-        for _ in range(200):
-            await asyncio.sleep(0.05)
-            if emulator.counters()["jobs_created"] >= 4:
-                break
-        runner.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await runner
-        await rebuilt(deferred.value.trigger).on_kill()  # the user marks the task failed
-
-    asyncio.run(run_a_while_then_kill(rebuilt(deferred.value.trigger)))
+    asyncio.run(run_until_jobs_then_kill(rebuilt(deferred.value.trigger), emulator, 4))
+    asyncio.run(rebuilt(deferred.value.trigger).on_kill())  # the user marks the task failed
     by_state = emulator.counters()["jobs_by_state"]
     assert by_state.get("cancelled") == 3  # the queued ones
     assert by_state.get("in_progress") == 1  # RunComfy cannot cancel a running job

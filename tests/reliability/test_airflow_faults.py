@@ -23,31 +23,13 @@ from tests.reliability.conftest import (
     run_deferred,
     run_trigger,
 )
+from tests.triggering import counters, kill, until
 
 pytestmark = pytest.mark.usefixtures("airflow_connections")
 
 
 class WorkerKilled(BaseException):
     """Stands in for SIGKILL: not an Exception, so no provider code can catch and handle it."""
-
-
-async def counters(emulator: Any) -> dict[str, Any]:
-    return await asyncio.to_thread(emulator.counters)
-
-
-async def until(check: Any, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.02)
-
-
-async def kill(runner: asyncio.Task[Any]) -> None:
-    """What a dying triggerer does to a trigger: cancel its run() wherever it is."""
-    assert not runner.done(), "the trigger finished before it could be killed"
-    runner.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await runner
 
 
 # -- triggerer restart -----------------------------------------------------------------------------
