@@ -37,6 +37,7 @@ _CONFIG_FLAGS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
     ("--token", str, "accepted bearer token (default: emulator-token)"),
     ("--queue-s", float, "minimum seconds a job stays in_queue (default 0.5)"),
     ("--run-s", float, "seconds a job stays in_progress (default 1.0)"),
+    ("--run-s-max", float, "draw each job's run time uniformly from [run-s, run-s-max] (seeded)"),
     ("--max-running", int, "jobs running at once; the rest queue; 0 = nothing starts (default 4)"),
     ("--failure-rate", float, "share of jobs that end failed (default 0)"),
     ("--seed", int, "seed of every random choice (default 0)"),

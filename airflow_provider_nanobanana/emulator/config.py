@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
 
 from airflow_provider_nanobanana.models import DEFAULT_MODEL_ID, MAX_INPUT_IMAGE_BYTES
 
@@ -84,6 +84,9 @@ class EmulatorConfig(_Settings):
     token: str = Field(default="emulator-token", min_length=1, repr=False)
     queue_s: Seconds = 0.5
     run_s: Seconds = 1.0
+    #: When set, each job runs a time drawn uniformly from ``[run_s, run_s_max]`` (from the seeded
+    #: generator, at submit), so jobs of one batch finish at different moments; ``None``: all ``run_s``.
+    run_s_max: Seconds | None = None
     #: Jobs beyond this many wait ``in_queue``; 0 means nothing ever starts ("stuck in queue").
     max_running: Annotated[int, Field(ge=0)] = 4
     failure_rate: Rate = 0.0
@@ -97,6 +100,12 @@ class EmulatorConfig(_Settings):
     input_timeout_s: Annotated[float, Field(gt=0.0)] = 30.0
     models: frozenset[str] = frozenset({DEFAULT_MODEL_ID})
     faults: FaultConfig = Field(default_factory=FaultConfig)
+
+    @model_validator(mode="after")
+    def _run_range(self) -> EmulatorConfig:
+        if self.run_s_max is not None and self.run_s_max < self.run_s:
+            raise ValueError(f"run_s_max ({self.run_s_max}) must not be below run_s ({self.run_s})")
+        return self
 
     @field_validator("models", mode="before")
     @classmethod

@@ -49,6 +49,8 @@ class Job:
     created_at: float  # wall clock (epoch seconds)
     ready_at: float  # monotonic: the earliest moment it may start
     will_fail: bool
+    #: Emulated seconds in progress, drawn at submit when ``run_s_max`` is set; ``None``: ``run_s``.
+    run_s: float | None = None
     state: JobState = JobState.IN_QUEUE
     finish_due: float | None = None  # monotonic
     finished_at: float | None = None  # wall clock
@@ -197,6 +199,7 @@ class JobStore:
             created_at=self._wall(),
             ready_at=now + config.scaled(config.queue_s),
             will_fail=self._rng.random() < config.failure_rate,
+            run_s=self._draw_run_s(config),
         )
         self._next_seq += 1
         self._jobs[job.request_id] = job
@@ -206,6 +209,14 @@ class JobStore:
         self._start_ready(now, self._last_free)
         self.wake()
         return job
+
+    def _draw_run_s(self, config: EmulatorConfig) -> float | None:
+        """A run time in ``[run_s, run_s_max]``, drawn at submit so the order of draws follows the
+        order of requests (as the failure draw does), never the timing of starts. Without
+        ``run_s_max`` nothing is drawn, so seeded outcomes are the same as before it existed."""
+        if config.run_s_max is None:
+            return None
+        return self._rng.uniform(config.run_s, config.run_s_max)
 
     def cancel(self, request_id: str) -> tuple[Job, CancelOutcome] | None:
         """The public cancel: only a queued job can be cancelled; anything else is left alone."""
@@ -266,7 +277,8 @@ class JobStore:
             self._set_state(job, JobState.IN_PROGRESS)
             self._running += 1
             self.peak_running = max(self.peak_running, self._running)
-            job.finish_due = start_at + self.config.scaled(self.config.run_s)
+            run_s = self.config.run_s if job.run_s is None else job.run_s
+            job.finish_due = start_at + self.config.scaled(run_s)
             if self.loader is None:
                 heapq.heappush(self._due, (job.finish_due, job.seq, job))
             else:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from typing import Any
 
@@ -173,6 +174,60 @@ def test_time_scale_divides_every_duration() -> None:
     assert states(store, [job.request_id]) == [JobState.IN_PROGRESS]
     clock.tick(0.2)
     assert states(store, [job.request_id]) == [JobState.COMPLETED]
+
+
+def run_times(seed: int = 0, **settings: Any) -> list[float]:
+    """Each job's emulated run time, read off the store's own clock: due time minus start time."""
+    clock = FakeClock()
+    store = make_store(clock, queue_s=0.0, max_running=100, seed=seed, **settings)
+    jobs = [store.submit(MODEL, REQUEST) for _ in range(40)]
+    started = clock.now  # queue_s=0 and free slots: every job starts at its submit
+    assert {job.state for job in jobs} == {JobState.IN_PROGRESS}
+    return [job.finish_due - started for job in jobs if job.finish_due is not None]
+
+
+def test_run_s_max_spreads_run_times_over_the_range() -> None:
+    times = run_times(run_s=1.0, run_s_max=5.0)
+    assert len(times) == 40
+    assert all(1.0 <= t <= 5.0 for t in times)
+    assert len(set(times)) == 40
+    assert min(times) < 2.0, times  # spread out, not bunched at one end
+    assert max(times) > 4.0, times
+
+
+def test_run_s_max_jobs_complete_in_due_order_on_the_emulated_clock() -> None:
+    clock = FakeClock()
+    store = make_store(clock, queue_s=0.0, run_s=0.0, run_s_max=5.0, max_running=40)
+    ids = [store.submit(MODEL, REQUEST).request_id for _ in range(40)]
+    completed_by_second = []
+    for _ in range(5):
+        clock.tick(1.0)
+        completed_by_second.append(states(store, ids).count(JobState.COMPLETED))
+    assert completed_by_second[-1] == 40
+    assert completed_by_second == sorted(completed_by_second)
+    assert 0 < completed_by_second[0] < 40  # some finish within a second, the others later
+
+
+def test_run_times_are_reproducible_from_the_seed() -> None:
+    first = run_times(seed=7, run_s=0.0, run_s_max=5.0)
+    assert run_times(seed=7, run_s=0.0, run_s_max=5.0) == first
+    assert run_times(seed=8, run_s=0.0, run_s_max=5.0) != first
+
+
+def test_without_run_s_max_every_job_runs_run_s_and_failure_draws_are_unchanged() -> None:
+    assert set(run_times(run_s=2.0)) == {2.0}
+    assert set(run_times(run_s=2.0, run_s_max=2.0)) == {2.0}
+
+    store = make_store(FakeClock(), failure_rate=0.5, seed=3, max_running=100)
+    will_fail = [store.submit(MODEL, REQUEST).will_fail for _ in range(40)]
+    # Without run_s_max nothing else is drawn: each job takes exactly one draw, as before the option.
+    rng = random.Random(3)
+    assert will_fail == [rng.random() < 0.5 for _ in range(40)]
+
+
+def test_run_s_max_is_scaled_by_time_scale() -> None:
+    times = run_times(run_s=10.0, run_s_max=20.0, time_scale=10.0)
+    assert all(1.0 <= t <= 2.0 for t in times)
 
 
 def test_stats_count_jobs_by_state_and_peaks() -> None:

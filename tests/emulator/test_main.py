@@ -32,6 +32,7 @@ def test_flags_map_onto_the_config(clean_env: pytest.MonkeyPatch) -> None:
             "--token=abc",
             "--queue-s=0.2",
             "--run-s=3",
+            "--run-s-max=4.5",
             "--max-running=0",
             "--failure-rate=0.1",
             "--seed=5",
@@ -50,6 +51,7 @@ def test_flags_map_onto_the_config(clean_env: pytest.MonkeyPatch) -> None:
         ]
     )
     assert (config.token, config.queue_s, config.run_s, config.max_running) == ("abc", 0.2, 3.0, 0)
+    assert config.run_s_max == 4.5
     assert (config.failure_rate, config.seed, config.time_scale, config.output_ttl_s) == (0.1, 5, 10.0, 60.0)
     faults = config.faults
     assert (faults.latency_s, faults.rate_429, faults.retry_after_s, faults.rate_5xx) == (
