@@ -95,6 +95,11 @@ class AirflowClient:
             raise
         return result
 
+    def task(self, dag_id: str, task_id: str) -> dict[str, Any]:
+        """``GET /dags/{dag}/tasks/{task}``: the task as the scheduler sees it (``retries``...)."""
+        result: dict[str, Any] = self._call("GET", f"/dags/{dag_id}/tasks/{task_id}")
+        return result
+
     def import_errors(self) -> list[dict[str, Any]]:
         errors: list[dict[str, Any]] = self._call("GET", "/importErrors")["import_errors"]
         return errors

@@ -5,7 +5,12 @@
 2. upload labelled input images to ``s3://nanobanana-demo/inputs/``;
 3. trigger ``nanobanana_s3_enrichment`` and print progress until it finishes;
 4. print where every output and manifest went, and write a contact sheet PNG of inputs and outputs;
-5. stop every process it started (also on failure or Ctrl-C).
+5. print how many task tries succeeded first time, and any executor/state mismatch the scheduler
+   logged (issue #14, Airflow's defer-exit race), so a retry hidden by a successful run shows;
+6. stop every process it started (also on failure or Ctrl-C).
+
+A stress of the same pipeline: ``python -m devstack.demo --images 40 --emulator-args
+"--max-running 8 --queue-s 0 --run-s 3"``.
 
 Exits 0 on success; otherwise 1 with the tails of the service and task logs.
 """
@@ -18,8 +23,10 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from devstack.airflow_api import AirflowClient
 from devstack.contact_sheet import SheetRow, write_contact_sheet
 from devstack.enrichment import (
     DAG_ID,
@@ -33,9 +40,19 @@ from devstack.enrichment import (
 )
 from devstack.seed import SeededImage, read_object, seed_inputs
 from devstack.services import RUN_ROOT, LocalStack
+from devstack.tries import (
+    count_task_tries,
+    deferral_timings,
+    describe_affected,
+    format_timings,
+    format_tries,
+    scan_scheduler_log,
+)
 
 #: Two jobs at a time, so some edits visibly queue in the emulator while their tasks are deferred.
 DEFAULT_EMULATOR_ARGS = "--max-running 2 --queue-s 1 --run-s 3"
+#: The DAG's ``max_images`` param (a safety cap on paid requests) defaults to 50 and allows 500.
+DAG_MAX_IMAGES_DEFAULT, DAG_MAX_IMAGES_LIMIT = 50, 500
 
 
 class DemoFailed(RuntimeError):
@@ -48,9 +65,17 @@ def say(message: str) -> None:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m devstack.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=6, help="input images to seed (default 6)")
     parser.add_argument(
-        "--timeout", type=float, default=300.0, help="seconds to wait for the run (default 300)"
+        "--images",
+        type=_image_count,
+        default=6,
+        help=f"input images to seed, 1-{DAG_MAX_IMAGES_LIMIT} (default 6)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds to wait for the run (default: 300, or 120 + 8 per image when that is more)",
     )
     parser.add_argument("--name", default="demo", help="directory under .run/ (default demo)")
     parser.add_argument(
@@ -59,9 +84,60 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"emulator CLI flags, e.g. '--failure-rate 0.5' (default {DEFAULT_EMULATOR_ARGS!r})",
     )
     parser.add_argument(
+        "--airflow-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra Airflow setting for every component, e.g. AIRFLOW__CORE__PARALLELISM=8 (repeatable)",
+    )
+    parser.add_argument(
         "--prompt", default="Turn this picture into a watercolour painting; keep the label readable"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.timeout is None:
+        args.timeout = run_timeout_s(args.images)
+    for item in args.airflow_env:
+        if "=" not in item:
+            parser.error(f"--airflow-env takes NAME=VALUE, got {item!r}")
+    return args
+
+
+def _image_count(text: str) -> int:
+    count = int(text)
+    if not 1 <= count <= DAG_MAX_IMAGES_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be 1-{DAG_MAX_IMAGES_LIMIT}, got {count}")
+    return count
+
+
+def run_timeout_s(images: int) -> float:
+    """Long enough for a loaded 2-core machine: every edit is two short worker runs around a wait."""
+    return float(max(300, 120 + 8 * images))
+
+
+def airflow_env(items: Sequence[str]) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in items)
+
+
+@dataclass
+class TryReport:
+    """What the end of the demo says about task tries; filled as soon as the run has ended."""
+
+    lines: list[str] = field(default_factory=list)
+
+    def collect(self, stack: LocalStack, client: AirflowClient, run_id: str) -> None:
+        tally = count_task_tries(client, DAG_ID, run_id)
+        scan = scan_scheduler_log(stack.airflow.scheduler_log)
+        self.lines = [f"[demo] {format_tries(tally, scan)}"]
+        if tally.clean and scan.clean:
+            return
+        self.lines += [f"[demo]   {line}" for line in describe_affected(tally)]
+        self.lines += [f"[demo]   scheduler: {line[:300]}" for line in scan.mismatch_lines[:5]]
+        timings = deferral_timings(stack.airflow.scheduler_log, stack.airflow.task_log_root, DAG_ID, run_id)
+        self.lines += [f"[demo]   {line}" for line in format_timings(timings)]
+        self.lines.append(
+            "[demo]   a mismatch is Airflow's defer-exit race (issue #14): a retry repaired it, paying nothing "
+            "twice; see the scheduler log"
+        )
 
 
 def build_sheet(s3: object, seeded: list[SeededImage], results: list[EditResult]) -> list[SheetRow]:
@@ -93,7 +169,7 @@ def report(results: list[EditResult], summary: object) -> None:
         )
 
 
-def run_demo(stack: LocalStack, args: argparse.Namespace, sheet_path: Path) -> None:
+def run_demo(stack: LocalStack, args: argparse.Namespace, sheet_path: Path, tries: TryReport) -> None:
     s3 = stack.moto.client()
     seeded = seed_inputs(s3, DEFAULT_BUCKET, INPUT_PREFIX, args.images)
     say(f"[demo] seeded {len(seeded)} images under s3://{DEFAULT_BUCKET}/{INPUT_PREFIX}")
@@ -103,11 +179,13 @@ def run_demo(stack: LocalStack, args: argparse.Namespace, sheet_path: Path) -> N
         "input_prefix": INPUT_PREFIX,
         "output_prefix": OUTPUT_PREFIX,
         "prompt": args.prompt,
+        "max_images": max(DAG_MAX_IMAGES_DEFAULT, args.images),
     }
     run_id = trigger_enrichment(client, conf, alive=stack.check_alive)
     say(f"[demo] triggered {DAG_ID} run {run_id}; UI: {stack.airflow.api_url}/dags/{DAG_ID}")
     printer = ProgressPrinter(say, stack.emulator.counters)
     state = client.wait_for_run(DAG_ID, run_id, timeout_s=args.timeout, on_poll=printer)
+    tries.collect(stack, client, run_id)
     if state != "success":
         raise DemoFailed(f"run {run_id} ended {state!r}")
     results = collect_edit_results(client, run_id, s3)
@@ -128,11 +206,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     started = time.monotonic()
-    stack = LocalStack(args.name, emulator_args=shlex.split(args.emulator_args), log=say)
+    stack = LocalStack(
+        args.name,
+        emulator_args=shlex.split(args.emulator_args),
+        airflow_env=airflow_env(args.airflow_env),
+        log=say,
+    )
     sheet_path = RUN_ROOT / args.name / "contact_sheet.png"
+    tries = TryReport()
     try:
         with stack:
-            run_demo(stack, args, sheet_path)
+            run_demo(stack, args, sheet_path, tries)
     except KeyboardInterrupt:
         say("\n[demo] interrupted; every service has been stopped")
         return 130
@@ -140,9 +224,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(f"\n[demo] FAILED: {exc.__class__.__name__}: {exc}\n")
         say(stack.diagnostics())
         say(f"\n[demo] all logs: {stack.log_dir} and {stack.airflow.home / 'logs'}")
+        for line in tries.lines:
+            say(line)
         return 1
     total_s, start_s = time.monotonic() - started, stack.timings.get("start_s", 0.0)
     say(f"[demo] done in {total_s:.0f}s (stack start {start_s:.0f}s)")
+    for line in tries.lines:
+        say(line)
     return 0
 
 

@@ -203,6 +203,8 @@ class AirflowDeployment:
     dags_folder: Path = DAGS_FOLDER
     connections: dict[str, str] = field(default_factory=dict)
     extra_env: dict[str, str] = field(default_factory=dict)
+    #: Source of ``$AIRFLOW_HOME/config/airflow_local_settings.py`` (cluster policies), if any.
+    local_settings: str | None = None
     port: int = field(default_factory=free_port)
     processes: list[ManagedProcess] = field(default_factory=list, init=False)
     _jwt_secret: str = field(default_factory=lambda: secrets.token_hex(32), init=False, repr=False)
@@ -245,10 +247,20 @@ class AirflowDeployment:
     def migrate(self, timeout_s: float = 240.0) -> None:
         """Create the metadata DB (one CLI start-up plus the migrations)."""
         self.home.mkdir(parents=True, exist_ok=True)
+        self.write_local_settings()
         argv = [sys.executable, "-m", "airflow", "db", "migrate"]
         run_checked(
             "airflow db migrate", argv, self.env(), self.log_dir / "airflow-db-migrate.log", timeout_s
         )
+
+    def write_local_settings(self) -> Path | None:
+        """Every Airflow process puts ``$AIRFLOW_HOME/config`` on sys.path and imports this module."""
+        if self.local_settings is None:
+            return None
+        path = self.home / "config" / "airflow_local_settings.py"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.local_settings)
+        return path
 
     def start(self) -> None:
         env = self.env()
@@ -293,6 +305,14 @@ class AirflowDeployment:
         """Stop all components together (each shuts down its own children on SIGTERM)."""
         stop_all(self.processes)
 
+    @property
+    def scheduler_log(self) -> Path:
+        return self.log_dir / "scheduler.log"
+
+    @property
+    def task_log_root(self) -> Path:
+        return self.home / "logs"
+
     def task_log_files(self) -> list[Path]:
         """Worker and triggerer logs of task instances, newest last."""
         root = self.home / "logs"
@@ -309,7 +329,10 @@ class LocalStack:
 
     :param name: directory name under ``.run/``; wiped at start so every stack is fresh.
     :param emulator_args: extra emulator CLI flags, e.g. ``["--max-running", "1", "--queue-s", "2"]``.
-    :param airflow_env: extra Airflow settings (``AIRFLOW__...`` variables) for this stack.
+    :param airflow_env: extra Airflow settings (``AIRFLOW__...`` variables) for this stack; they win
+        over the defaults (``AIRFLOW__CORE__PARALLELISM``...).
+    :param local_settings: source of an ``airflow_local_settings.py`` for every Airflow process, e.g. a
+        ``task_policy`` that changes a task's ``retries`` without editing the DAG file.
     """
 
     def __init__(
@@ -318,6 +341,7 @@ class LocalStack:
         *,
         emulator_args: Sequence[str] = (),
         airflow_env: dict[str, str] | None = None,
+        local_settings: str | None = None,
         run_root: Path = RUN_ROOT,
         log: Any = print,
     ) -> None:
@@ -328,7 +352,10 @@ class LocalStack:
         self.emulator = EmulatorService(self.log_dir, extra_args=emulator_args)
         self.moto = MotoService(self.log_dir)
         self.airflow = AirflowDeployment(
-            home=self.run_dir / "airflow", log_dir=self.log_dir, extra_env=dict(airflow_env or {})
+            home=self.run_dir / "airflow",
+            log_dir=self.log_dir,
+            extra_env=dict(airflow_env or {}),
+            local_settings=local_settings,
         )
         self.timings: dict[str, float] = {}
 
