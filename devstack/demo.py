@@ -31,6 +31,7 @@ from devstack.contact_sheet import SheetRow, write_contact_sheet
 from devstack.enrichment import (
     DAG_ID,
     DEFAULT_BUCKET,
+    EDIT_TASK_ID,
     INPUT_PREFIX,
     OUTPUT_PREFIX,
     EditResult,
@@ -134,9 +135,14 @@ class TryReport:
         self.lines += [f"[demo]   scheduler: {line[:300]}" for line in scan.mismatch_lines[:5]]
         timings = deferral_timings(stack.airflow.scheduler_log, stack.airflow.task_log_root, DAG_ID, run_id)
         self.lines += [f"[demo]   {line}" for line in format_timings(timings)]
+        edits = sum(ti.task_id == EDIT_TASK_ID for ti in tally.tis)
+        try:
+            submits = f"{stack.emulator.counters()['submits']} paid submit(s)"
+        except Exception as exc:  # noqa: BLE001 - the report must not fail the demo
+            submits = f"submits unknown ({exc.__class__.__name__})"
         self.lines.append(
-            "[demo]   a mismatch is Airflow's defer-exit race (issue #14): a retry repaired it, paying nothing "
-            "twice; see the scheduler log"
+            f"[demo]   executor/state mismatches are Airflow's defer-exit race (issue #14); "
+            f"{edits} edit task(s), {submits} at the emulator"
         )
 
 
