@@ -5,6 +5,7 @@ Everything version-dependent lives here, so the rest of the package reads as pla
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 try:  # Airflow >= 3.2
@@ -17,18 +18,20 @@ try:  # Airflow >= 3.2
 except ImportError:  # Airflow 3.1
     from airflow.configuration import conf  # type: ignore[assignment]
 
-__all__ = ["AirflowFailException", "TaskDeferred", "conf", "mask_secret"]
+__all__ = ["AirflowFailException", "TaskDeferred", "airflow_mask_secret", "conf"]
 
 
-def mask_secret(secret: Any, name: str | None = None) -> None:
-    """Ask Airflow to redact ``secret`` from task logs and rendered fields; a no-op outside Airflow."""
-    if not secret:
-        return
+def airflow_mask_secret() -> Callable[[Any, str | None], None] | None:
+    """Airflow's ``mask_secret``, wherever this version keeps it; ``None`` when there is no masker.
+
+    Looked up on each call, so importing this module never loads the task SDK's logging machinery.
+    The package itself calls :func:`airflow_provider_nanobanana.redaction.mask_secret`.
+    """
     try:
-        from airflow.sdk.log import mask_secret as _mask
+        from airflow.sdk.log import mask_secret
     except ImportError:  # Airflow < 3.2
         try:
-            from airflow.sdk.execution_time.secrets_masker import mask_secret as _mask  # type: ignore[no-redef]
+            from airflow.sdk.execution_time.secrets_masker import mask_secret  # type: ignore[no-redef]
         except ImportError:  # pragma: no cover - no masker available at all
-            return
-    _mask(secret, name)
+            return None
+    return mask_secret

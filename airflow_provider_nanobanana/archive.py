@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from airflow_provider_nanobanana.exceptions import InvalidEditRequestError
-from airflow_provider_nanobanana.models import redact_url
+from airflow_provider_nanobanana.redaction import redact_tree, redact_url
 
 #: Where output ``index`` of a request lands, relative to the destination prefix. The task-instance
 #: fields make the layout browsable; ``request_id`` makes a retry that resubmitted land beside, not over.
@@ -350,19 +350,6 @@ def ascii_metadata(values: Mapping[str, object]) -> dict[str, str]:
 
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def redact_tree(node: Any) -> Any:
-    """A JSON-ready copy of ``node`` with every URL's credential parameters blanked."""
-    if isinstance(node, str):
-        return redact_url(node)
-    if isinstance(node, Mapping):
-        return {str(k): redact_tree(v) for k, v in node.items()}
-    if isinstance(node, (list, tuple)):
-        return [redact_tree(v) for v in node]
-    if node is None or isinstance(node, (bool, int, float)):
-        return node
-    return redact_url(str(node))
 
 
 def build_manifest(

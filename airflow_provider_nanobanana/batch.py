@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from airflow_provider_nanobanana.models import redact_url
+from airflow_provider_nanobanana.redaction import redact_url
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,6 @@ instead of crashing a poll loop.
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Iterator, Mapping
 from enum import Enum
@@ -28,6 +27,7 @@ from pydantic import (
 )
 
 from airflow_provider_nanobanana.exceptions import InvalidEditRequestError
+from airflow_provider_nanobanana.redaction import redact_text, redact_tree, redact_url
 
 DEFAULT_MODEL_ID = "google/nano-banana-2/edit"
 
@@ -195,7 +195,7 @@ def describe_validation_error(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors(include_url=False):
         field = ".".join(str(p) for p in err["loc"]) or "request"
-        shown = _redacted(err.get("input"))
+        shown = redact_tree(err.get("input"))
         if isinstance(shown, str) and len(shown) > 80:
             shown = shown[:77] + "..."
         message = err["msg"].removeprefix("Value error, ")
@@ -203,32 +203,6 @@ def describe_validation_error(exc: ValidationError) -> str:
             f"{field}: {message} (got {shown!r})" if err["type"] != "missing" else f"{field}: required"
         )
     return "invalid nano-banana edit request: " + "; ".join(lines)
-
-
-def _redacted(value: Any) -> Any:
-    if isinstance(value, str):
-        return redact_url(value)
-    if isinstance(value, (list, tuple)):
-        return [_redacted(v) for v in value]
-    return value
-
-
-_SIGNATURE_PARAM_NAMES = (
-    "x-amz-signature|x-amz-credential|x-amz-security-token|signature|sig|token|"
-    "awsaccesskeyid|x-goog-signature|x-goog-credential|se|sp|sv|skoid|sktid"
-)
-_SIGNATURE_PARAMS = re.compile(rf"(?i)([?&](?:{_SIGNATURE_PARAM_NAMES})=)[^&#\s]*")
-_SIGNATURE_VALUES = re.compile(rf"(?i)[?&](?:{_SIGNATURE_PARAM_NAMES})=([^&#\s]+)")
-
-
-def signature_values(url: str) -> list[str]:
-    """The credential-bearing query values of a URL (to register with Airflow's secrets masker)."""
-    return _SIGNATURE_VALUES.findall(url)
-
-
-def redact_url(url: str) -> str:
-    """Blank the credential-bearing query parameters of a (pre-signed) URL, keeping the rest readable."""
-    return _SIGNATURE_PARAMS.sub(r"\1***", url)
 
 
 class _Lenient(BaseModel):
@@ -349,7 +323,7 @@ def describe_error(error: Any) -> str:
     Servers like to quote the input that failed, and inputs are often pre-signed URLs: the text is
     redacted here because it ends up in exceptions, trigger events and task logs.
     """
-    return redact_url(_error_text(error))
+    return redact_text(_error_text(error))
 
 
 def _error_text(error: Any) -> str:
@@ -363,32 +337,6 @@ def _error_text(error: Any) -> str:
                 kind = error.get("type") or error.get("code") or error.get("error_code")
                 return f"{kind}: {error[key]}" if kind else str(error[key])
     return str(error)[:500]
-
-
-class RedactURLsFilter(logging.Filter):
-    """Blanks URL signatures in log records of libraries that log whole URLs (httpx logs every
-    request at INFO, and output URLs carry CDN signatures)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.args:
-            record.args = tuple(redact_url(a) if isinstance(a, str) else _redact_obj(a) for a in record.args)
-        if isinstance(record.msg, str):
-            record.msg = redact_url(record.msg)
-        return True
-
-
-def redact_httpx_logs() -> None:
-    """Install :class:`RedactURLsFilter` on httpx's logger (idempotent): httpx logs every request's
-    full URL at INFO, and both hooks fetch signed URLs with it."""
-    httpx_log = logging.getLogger("httpx")
-    if not any(isinstance(f, RedactURLsFilter) for f in httpx_log.filters):
-        httpx_log.addFilter(RedactURLsFilter())
-
-
-def _redact_obj(value: Any) -> Any:
-    text = str(value)
-    redacted = redact_url(text)
-    return redacted if redacted != text else value
 
 
 EventStatus = Literal["success", "failed", "cancelled", "timeout", "error"]

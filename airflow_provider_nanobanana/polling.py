@@ -22,7 +22,8 @@ from airflow_provider_nanobanana.exceptions import (
     RunComfyRateLimitedError,
     RunComfyTransientError,
 )
-from airflow_provider_nanobanana.models import JobEvent, JobState, ResultResponse, StatusResponse, redact_url
+from airflow_provider_nanobanana.models import JobEvent, JobState, ResultResponse, StatusResponse
+from airflow_provider_nanobanana.redaction import redact_url
 
 if TYPE_CHECKING:
     from airflow_provider_nanobanana.hooks.runcomfy import RunComfyHook

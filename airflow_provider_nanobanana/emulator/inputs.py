@@ -23,7 +23,8 @@ import httpx
 from PIL import Image
 
 from airflow_provider_nanobanana.emulator.images import make_thumbnail
-from airflow_provider_nanobanana.models import EditRequest, redact_url
+from airflow_provider_nanobanana.models import EditRequest
+from airflow_provider_nanobanana.redaction import redact_url
 
 
 class InputError(Exception):

@@ -40,7 +40,6 @@ from tenacity import (
 )
 
 from airflow_provider_nanobanana import __version__
-from airflow_provider_nanobanana._compat import mask_secret
 from airflow_provider_nanobanana.exceptions import (
     RunComfyAPIError,
     RunComfyAuthError,
@@ -58,13 +57,12 @@ from airflow_provider_nanobanana.models import (
     StatusResponse,
     SubmitResponse,
     describe_error,
-    redact_httpx_logs,
     validate_request_id,
 )
+from airflow_provider_nanobanana.redaction import mask_secret, redact_httpx_logs
 
 DEFAULT_BASE_URL = "https://model-api.runcomfy.net"
 
-redact_httpx_logs()
 _MODEL_ID_SEGMENT = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
@@ -387,6 +385,7 @@ def shared_async_client(settings: RunComfySettings) -> httpx.AsyncClient:
     client = clients.get(settings.cache_key)
     if client is None or client.is_closed:
         limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)
+        redact_httpx_logs()
         client = clients[settings.cache_key] = httpx.AsyncClient(limits=limits, **settings.client_kwargs())
     return client
 
@@ -448,6 +447,7 @@ class RunComfyHook(BaseHook, _RunComfyProtocol):
     def get_conn(self) -> httpx.Client:
         """The pooled sync client (created on first use, closed by :meth:`close`)."""
         if self._client is None or self._client.is_closed:
+            redact_httpx_logs()
             self._client = httpx.Client(**self.settings.client_kwargs())
         return self._client
 

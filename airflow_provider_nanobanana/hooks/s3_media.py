@@ -53,7 +53,6 @@ import httpx
 from botocore.config import Config
 
 from airflow_provider_nanobanana import __version__
-from airflow_provider_nanobanana._compat import mask_secret
 from airflow_provider_nanobanana.archive import (
     ALL_EXTENSIONS,
     DEFAULT_KEY_TEMPLATE,
@@ -89,13 +88,9 @@ from airflow_provider_nanobanana.exceptions import ArchiveError, InvalidEditRequ
 from airflow_provider_nanobanana.models import (
     DEFAULT_MODEL_ID,
     MAX_INPUT_IMAGE_BYTES,
-    redact_httpx_logs,
-    redact_url,
-    signature_values,
     validate_request_id,
 )
-
-redact_httpx_logs()  # output downloads go through httpx, which logs full (signed) URLs
+from airflow_provider_nanobanana.redaction import mask_url_secrets, redact_httpx_logs, redact_text, redact_url
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -111,7 +106,6 @@ __all__ = [
     "OutputURLRefusedError",
     "OutputsNotArchivedError",
     "S3MediaHook",
-    "mask_presigned_url",
     "parse_s3_uri",
 ]
 
@@ -577,7 +571,7 @@ class S3MediaHook:
         url: str = self.get_client().generate_presigned_url(
             "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=self.presign_expiry_s
         )
-        mask_presigned_url(url)
+        mask_url_secrets(url)
         log.info("Pre-signed %s for %d s", s3_uri(bucket, key), self.presign_expiry_s)
         return url
 
@@ -697,7 +691,7 @@ class S3MediaHook:
             raise InvalidEditRequestError("key_template must contain {index}: there are several outputs")
         bucket, prefix = parse_s3_prefix(dest_uri, what="dest_uri")
         for url in output_urls:
-            mask_presigned_url(url)  # output URLs carry CDN signatures too
+            mask_url_secrets(url)  # output URLs carry CDN signatures too
         refused = [
             f"output {i} ({redact_url(url)}) {problem}"
             for i, url in enumerate(output_urls)
@@ -745,7 +739,9 @@ class S3MediaHook:
 
     def _http_client(self) -> httpx.Client:
         # No auth header: outputs are public or pre-signed CDN URLs, and the API token must not leak to
-        # a file host. Redirects are followed by hand so every hop passes the host allowlist.
+        # a file host. Redirects are followed by hand so every hop passes the host allowlist. httpx logs
+        # every request's full (signed) URL, so its log filter goes in first.
+        redact_httpx_logs()
         return httpx.Client(
             timeout=httpx.Timeout(self.http_timeout_s),
             follow_redirects=False,
@@ -1084,7 +1080,7 @@ def _s3_error_text(exc: botocore.exceptions.ClientError) -> str:
 
 def _safe_text(value: object) -> str:
     """Exception text with any URL credentials blanked, kept short."""
-    return redact_url(str(value))[:300]
+    return redact_text(str(value))[:300]
 
 
 def _local_path(ref: str) -> Path:
@@ -1100,13 +1096,3 @@ def _local_path(ref: str) -> Path:
 
 def _utcnow() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def mask_presigned_url(url: str) -> None:
-    """Register a signed URL's credentials with Airflow's secrets masker.
-
-    This module never logs such URLs, but user code, httpx or RunComfy error echoes might; the
-    masker then turns the signature into ``***`` in task logs.
-    """
-    for value in signature_values(url):
-        mask_secret(value)

@@ -40,11 +40,11 @@ from airflow_provider_nanobanana.models import (
     EditRequest,
     JobEvent,
     JobState,
-    redact_url,
 )
 from airflow_provider_nanobanana.outcome import raise_for_event
 from airflow_provider_nanobanana.polling import JobWatch, PollPolicy, wait_for_job
 from airflow_provider_nanobanana.reattach import JobLedger, fingerprint
+from airflow_provider_nanobanana.redaction import redact_url
 from airflow_provider_nanobanana.triggers.runcomfy import RunComfyJobTrigger, cancel_if_queued
 
 if TYPE_CHECKING:

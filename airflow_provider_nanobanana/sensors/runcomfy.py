@@ -12,9 +12,10 @@ from airflow.sdk import BaseSensorOperator
 
 from airflow_provider_nanobanana.exceptions import RunComfyError
 from airflow_provider_nanobanana.hooks.runcomfy import RunComfyHook
-from airflow_provider_nanobanana.models import JobEvent, JobState, redact_url, validate_request_id
+from airflow_provider_nanobanana.models import JobEvent, JobState, validate_request_id
 from airflow_provider_nanobanana.outcome import raise_for_event
 from airflow_provider_nanobanana.polling import JobWatch
+from airflow_provider_nanobanana.redaction import redact_url
 from airflow_provider_nanobanana.triggers.runcomfy import RunComfyJobTrigger
 
 if TYPE_CHECKING:

@@ -26,7 +26,6 @@ from airflow_provider_nanobanana.archive import (
     output_url_problem,
     parse_s3_prefix,
     parse_s3_uri,
-    redact_tree,
     render_key,
     resolve_content_type,
     sanitize_key_field,
@@ -273,20 +272,6 @@ def test_ascii_metadata_escapes_and_cleans() -> None:
     meta = ascii_metadata({"Team Name": "café\n", "seed": 7, "skip": None, "long": "x" * 400, "%": "a%b"})
     assert meta == {"team-name": "caf%C3%A9", "seed": "7", "long": "x" * 256}
     assert all(v.isascii() for v in meta.values())
-
-
-def test_redact_tree_blanks_signatures_everywhere() -> None:
-    tree = {
-        "image_urls": ["https://b.s3/x.png?X-Amz-Signature=abc123&X-Amz-Credential=AKIA"],
-        "n": 1,
-        "ok": None,
-    }
-    redacted = redact_tree(tree)
-    text = json.dumps(redacted)
-    assert "abc123" not in text
-    assert "AKIA" not in text
-    assert redacted["n"] == 1
-    assert redacted["ok"] is None
 
 
 def test_build_manifest_totals_and_redaction() -> None:
