@@ -28,7 +28,7 @@ def get_provider_info() -> dict[str, Any]:
         ],
         "hooks": [
             {"integration-name": "RunComfy", "python-modules": [f"{PACKAGE}.hooks.runcomfy"]},
-            {"integration-name": "RunComfy", "python-modules": [f"{PACKAGE}.hooks.s3_media"]},
+            {"integration-name": "RunComfy", "python-modules": [f"{PACKAGE}.media.hook"]},
         ],
         "operators": [
             {

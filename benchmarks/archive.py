@@ -54,7 +54,7 @@ def _s3_client(moto_url: str) -> Any:
 
 
 def _streaming(url: str, moto_url: str, tag: str) -> tuple[float, int]:
-    from airflow_provider_nanobanana.hooks.s3_media import S3MediaHook
+    from airflow_provider_nanobanana.media import S3MediaHook
 
     hook = S3MediaHook(
         None, endpoint_url=moto_url, region_name="us-east-1", allowed_output_hosts=["127.0.0.1"]

@@ -21,7 +21,7 @@ BUCKET = "bench-batch"
 
 def _write_checkpoint(n: int, png_url: str, prefix: str) -> None:
     from airflow_provider_nanobanana.batch import BatchCheckpoint, BatchItem, BatchState
-    from airflow_provider_nanobanana.hooks.s3_media import S3MediaHook
+    from airflow_provider_nanobanana.media import S3MediaHook
 
     client = S3MediaHook("aws_default").get_client()
     with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
-from airflow_provider_nanobanana.archive import fields_from_context, parse_s3_prefix, sanitize_key_field
 from airflow_provider_nanobanana.batch import (
     BatchCheckpoint,
     BatchEvent,
@@ -30,13 +29,14 @@ from airflow_provider_nanobanana.batch import (
 )
 from airflow_provider_nanobanana.exceptions import ArchiveError, RunComfyError, RunComfyJobFailedError
 from airflow_provider_nanobanana.hooks.runcomfy import RunComfyHook
+from airflow_provider_nanobanana.media.keys import fields_from_context, parse_s3_prefix, sanitize_key_field
 from airflow_provider_nanobanana.models import DEFAULT_MODEL_ID, EditRequest
 from airflow_provider_nanobanana.triggers.batch import RunComfyBatchTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_provider_nanobanana.hooks.s3_media import S3MediaHook
+    from airflow_provider_nanobanana.media import S3MediaHook
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 DEFERRAL_MARGIN_S = 300.0
@@ -144,7 +144,7 @@ class NanoBananaBatchEditOperator(BaseOperator):
 
     @cached_property
     def media(self) -> S3MediaHook:
-        from airflow_provider_nanobanana.hooks.s3_media import S3MediaHook
+        from airflow_provider_nanobanana.media import S3MediaHook
 
         return S3MediaHook(
             self.aws_conn_id,

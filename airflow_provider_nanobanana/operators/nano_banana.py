@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from airflow_provider_nanobanana._compat import AirflowFailException
-from airflow_provider_nanobanana.archive import DEFAULT_KEY_TEMPLATE, check_destination, fields_from_context
 from airflow_provider_nanobanana.exceptions import (
     RunComfyError,
     RunComfyNotFoundError,
@@ -34,6 +33,11 @@ from airflow_provider_nanobanana.exceptions import (
 from airflow_provider_nanobanana.hooks.runcomfy import Endpoint, RunComfyHook
 from airflow_provider_nanobanana.lineage import openlineage_facets, output_asset
 from airflow_provider_nanobanana.links import REQUEST_ID_XCOM_KEY, REQUEST_URL_XCOM_KEY, RunComfyRequestLink
+from airflow_provider_nanobanana.media.keys import (
+    DEFAULT_KEY_TEMPLATE,
+    check_destination,
+    fields_from_context,
+)
 from airflow_provider_nanobanana.models import (
     DEFAULT_MODEL_ID,
     MODEL_PARAMETERS,
@@ -50,7 +54,7 @@ from airflow_provider_nanobanana.triggers.runcomfy import RunComfyJobTrigger, ca
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_provider_nanobanana.hooks.s3_media import S3MediaHook
+    from airflow_provider_nanobanana.media import S3MediaHook
 
 #: The deferral's own timeout sits this far past the trigger's deadline, so the trigger's clean
 #: ``timeout`` event (which lets ``execute_complete`` cancel and explain) always arrives first.
@@ -199,7 +203,7 @@ class NanoBananaEditOperator(BaseOperator):
 
     @cached_property
     def s3_media(self) -> S3MediaHook:
-        from airflow_provider_nanobanana.hooks.s3_media import S3MediaHook
+        from airflow_provider_nanobanana.media import S3MediaHook
 
         return S3MediaHook(
             self.aws_conn_id,

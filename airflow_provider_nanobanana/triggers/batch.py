@@ -42,7 +42,7 @@ from airflow_provider_nanobanana.models import DEFAULT_MODEL_ID, EditRequest, Jo
 from airflow_provider_nanobanana.polling import JobWatch, PollBudget, PollPolicy, shared_poll_budget
 
 if TYPE_CHECKING:
-    from airflow_provider_nanobanana.hooks.s3_media import S3MediaHook
+    from airflow_provider_nanobanana.media import S3MediaHook
 
 SAVE_EVERY_S = 1.0
 SUBMIT_DRAIN_S = 30.0
@@ -122,7 +122,7 @@ class RunComfyBatchTrigger(BaseTrigger):
         Running jobs cannot be cancelled at RunComfy and finish regardless. Best effort and bounded:
         each cancel is one short call, failures are logged, never raised.
         """
-        from airflow_provider_nanobanana.hooks.s3_media import S3MediaHook
+        from airflow_provider_nanobanana.media import S3MediaHook
         from airflow_provider_nanobanana.triggers.runcomfy import cancel_if_queued
 
         media = S3MediaHook(self.aws_conn_id)
@@ -139,7 +139,7 @@ class RunComfyBatchTrigger(BaseTrigger):
         self.log.info("Batch killed: cancelled %d of %d unfinished job(s)", sum(results), len(active))
 
     async def _run(self) -> BatchEvent:
-        from airflow_provider_nanobanana.hooks.s3_media import S3MediaHook
+        from airflow_provider_nanobanana.media import S3MediaHook
 
         hook = RunComfyHook(self.runcomfy_conn_id, model_id=self.model_id)
         settings = await hook.aget_settings()

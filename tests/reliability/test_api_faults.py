@@ -23,7 +23,7 @@ from airflow_provider_nanobanana.exceptions import (
     RunComfyTransientError,
 )
 from airflow_provider_nanobanana.hooks.runcomfy import RunComfyHook
-from airflow_provider_nanobanana.hooks.s3_media import OutputsNotArchivedError
+from airflow_provider_nanobanana.media import OutputsNotArchivedError
 from airflow_provider_nanobanana.models import EditRequest
 from airflow_provider_nanobanana.triggers.runcomfy import RunComfyJobTrigger
 from tests.reliability.conftest import defer, edit_operator, new_context, rebuild, run_deferred, run_trigger

@@ -11,7 +11,8 @@ import pytest
 
 from airflow_provider_nanobanana.exceptions import InvalidEditRequestError
 from airflow_provider_nanobanana.hooks.runcomfy import RunComfyHook
-from airflow_provider_nanobanana.hooks.s3_media import OutputsNotArchivedError, S3MediaHook
+from airflow_provider_nanobanana.media import OutputsNotArchivedError, S3MediaHook
+from airflow_provider_nanobanana.media.archiver import OutputArchiver
 from airflow_provider_nanobanana.models import EditRequest
 from tests.reliability.conftest import edit_operator, new_context, run_deferred
 
@@ -138,7 +139,9 @@ def test_interrupted_multipart_upload_leaves_no_orphaned_parts(
         retry_base_delay_s=0.01,
         allowed_output_hosts=["127.0.0.1"],
     )
-    monkeypatch.setattr(media, "_http_client", lambda: httpx.Client(transport=cut, follow_redirects=False))
+    monkeypatch.setattr(
+        OutputArchiver, "http_client", lambda _: httpx.Client(transport=cut, follow_redirects=False)
+    )
     fields: dict[str, str | int] = {"dag_id": "d", "run_id": "r", "task_id": "t", "map_index": -1}
     if retries == 1:
         with pytest.raises(OutputsNotArchivedError, match="ReadError") as info:

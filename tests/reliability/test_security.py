@@ -14,11 +14,8 @@ import respx
 
 from airflow_provider_nanobanana.exceptions import InvalidEditRequestError, RunComfyJobFailedError
 from airflow_provider_nanobanana.hooks.runcomfy import RunComfyHook, RunComfySettings, shared_async_client
-from airflow_provider_nanobanana.hooks.s3_media import (
-    OutputsNotArchivedError,
-    OutputURLRefusedError,
-    S3MediaHook,
-)
+from airflow_provider_nanobanana.media import OutputsNotArchivedError, OutputURLRefusedError, S3MediaHook
+from airflow_provider_nanobanana.media.inputs import InputResolver
 from airflow_provider_nanobanana.models import EditRequest
 from airflow_provider_nanobanana.operators.batch import NanoBananaBatchEditOperator
 from tests.reliability.conftest import edit_operator, emulator_signature, new_context, run_deferred
@@ -43,14 +40,14 @@ def test_token_and_signatures_never_leak_from_a_full_run(
     emulator, moto_s3, input_image, s3_bucket, context, monkeypatch, all_logs
 ):
     presigned: list[str] = []
-    real_presign = S3MediaHook._presign
+    real_presign = InputResolver.presign
 
-    def spy(self: S3MediaHook, bucket: str, key: str) -> str:
+    def spy(self: InputResolver, bucket: str, key: str) -> str:
         url = real_presign(self, bucket, key)
         presigned.append(url)
         return url
 
-    monkeypatch.setattr(S3MediaHook, "_presign", spy)
+    monkeypatch.setattr(InputResolver, "presign", spy)
     task = edit_operator(input_image, s3_bucket)
     seen: list[Any] = []
     result = run_deferred(task, context, seen)
@@ -174,7 +171,7 @@ def test_tls_verification_is_on_by_default_for_the_api_and_the_file_host(fake_ap
         return _verify_mode(shared_async_client(hook.settings))
 
     assert asyncio.run(async_mode()) is ssl.CERT_REQUIRED
-    with S3MediaHook(None)._http_client() as http:
+    with S3MediaHook(None).archiver.http_client() as http:
         assert _verify_mode(http) is ssl.CERT_REQUIRED
         assert "authorization" not in http.headers  # the API token never goes to a file host
 

@@ -207,7 +207,7 @@ def test_mask_url_secrets_reaches_airflows_masker() -> None:
 def test_importing_the_package_installs_no_log_filter() -> None:
     script = (
         "import logging, airflow_provider_nanobanana.hooks.runcomfy, airflow_provider_nanobanana.models, "
-        "airflow_provider_nanobanana.hooks.s3_media; "
+        "airflow_provider_nanobanana.media.hook, airflow_provider_nanobanana.media.archiver; "
         "print(len(logging.getLogger('httpx').filters))"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
@@ -235,7 +235,7 @@ def test_httpx_filter_is_installed_once(caplog: pytest.LogCaptureFixture) -> Non
 
 def test_every_client_factory_installs_the_filter() -> None:
     from airflow_provider_nanobanana.hooks.runcomfy import RunComfyHook, shared_async_client
-    from airflow_provider_nanobanana.hooks.s3_media import S3MediaHook
+    from airflow_provider_nanobanana.media import S3MediaHook
 
     httpx_log = logging.getLogger("httpx")
 
@@ -252,7 +252,7 @@ def test_every_client_factory_installs_the_filter() -> None:
 
     assert installed_by(lambda: hook.get_conn().close())
     assert installed_by(lambda: asyncio.run(async_client()))
-    assert installed_by(lambda: S3MediaHook(None)._http_client().close())
+    assert installed_by(lambda: S3MediaHook(None).archiver.http_client().close())
 
 
 @pytest.mark.parametrize(

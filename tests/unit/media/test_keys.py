@@ -1,46 +1,25 @@
-"""Pure archive helpers: URIs, key rendering and its escape guards, sniffing, host allowlist, metadata."""
+"""Pure key rules (``media/keys.py``): S3 URIs, key rendering and its escape guards."""
 
 from __future__ import annotations
 
-import io
-import json
 from types import SimpleNamespace
 
 import pytest
-from PIL import Image
 
-from airflow_provider_nanobanana.archive import (
-    ALL_EXTENSIONS,
+from airflow_provider_nanobanana.exceptions import InvalidEditRequestError
+from airflow_provider_nanobanana.media.keys import (
     DEFAULT_KEY_TEMPLATE,
     MAX_FIELD_CHARS,
-    NotAnImageError,
-    ascii_metadata,
-    build_manifest,
+    check_destination,
     check_relative_key,
     common_prefix,
-    extension_for,
     fields_from_context,
-    host_allowed,
     join_key,
-    normalise_host_patterns,
-    output_url_problem,
     parse_s3_prefix,
     parse_s3_uri,
     render_key,
-    resolve_content_type,
     sanitize_key_field,
-    sniff_image_type,
 )
-from airflow_provider_nanobanana.exceptions import InvalidEditRequestError
-
-
-def image_bytes(fmt: str) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (4, 4), (10, 200, 30)).save(buffer, format=fmt)
-    return buffer.getvalue()
-
-
-# --- S3 URIs ---
 
 
 def test_parse_s3_uri_splits_bucket_and_literal_key() -> None:
@@ -76,9 +55,6 @@ def test_parse_s3_prefix_normalises_the_folder() -> None:
     assert parse_s3_prefix("s3://bkt", what="dest_uri") == ("bkt", "")
     with pytest.raises(InvalidEditRequestError, match=r"dest_uri: .*'\.\.' path segment"):
         parse_s3_prefix("s3://bkt/a/../b/", what="dest_uri")
-
-
-# --- Keys ---
 
 
 @pytest.mark.parametrize(
@@ -178,118 +154,12 @@ def test_fields_from_context() -> None:
     assert fields_from_context({"ti": ti}) == {"dag_id": "d", "run_id": "r", "task_id": "t", "map_index": -1}
 
 
-# --- Sniffing ---
-
-
-@pytest.mark.parametrize(
-    ("fmt", "content_type", "ext"),
-    [
-        ("PNG", "image/png", "png"),
-        ("JPEG", "image/jpeg", "jpg"),
-        ("WEBP", "image/webp", "webp"),
-        ("GIF", "image/gif", "gif"),
-    ],
-)
-def test_sniff_real_images(fmt: str, content_type: str, ext: str) -> None:
-    head = image_bytes(fmt)[:32]
-    assert sniff_image_type(head) == content_type
-    assert extension_for(content_type) == ext
-    assert ext in ALL_EXTENSIONS
-
-
-def test_sniffed_bytes_beat_a_lying_server() -> None:
-    png = image_bytes("PNG")[:32]
-    assert resolve_content_type(png, url="https://cdn/x.jpg", declared="image/jpeg") == "image/png"
-
-
-def test_unknown_bytes_fall_back_to_url_then_header() -> None:
-    unknown = b"\x00\x01unknown-format-bytes"
-    assert resolve_content_type(unknown, url="https://cdn/x.JPEG?sig=1", declared="image/png") == "image/jpeg"
-    assert resolve_content_type(unknown, url="https://cdn/x", declared="image/heic; q=1") == "image/heic"
-    assert resolve_content_type(unknown, url="https://cdn/x", declared=None) == "application/octet-stream"
-    assert extension_for("application/octet-stream") == "bin"
-
-
-@pytest.mark.parametrize(
-    "body", [b"<!DOCTYPE html><html>", b'  {"error": "expired"}', b"<?xml version='1.0'?>"]
-)
-def test_markup_or_json_body_is_not_an_image(body: bytes) -> None:
-    with pytest.raises(NotAnImageError, match="not an image"):
-        resolve_content_type(body, url="https://cdn/x.png", declared="image/png")
-
-
-# --- Host allowlist ---
-
-
-@pytest.mark.parametrize(
-    ("host", "allowed"),
-    [
-        ("files.runcomfy.net", True),
-        ("a.b.runcomfy.net", True),
-        ("FILES.RunComfy.NET.", True),
-        ("runcomfy.net", False),
-        ("evilruncomfy.net", False),
-        ("runcomfy.net.evil.com", False),
-        ("model-api.runcomfy.com", True),
-        ("127.0.0.1", False),
-    ],
-)
-def test_host_patterns(host: str, allowed: bool) -> None:
-    patterns = normalise_host_patterns(["*.runcomfy.net", "model-api.runcomfy.com"])
-    assert host_allowed(host, patterns) is allowed
-
-
-@pytest.mark.parametrize("pattern", ["*", "*.", "*.com", "a*.runcomfy.net", "", "http://x.com/"])
-def test_too_broad_or_malformed_patterns_are_refused(pattern: str) -> None:
-    with pytest.raises(ValueError, match="allowed_output_hosts"):
-        normalise_host_patterns([pattern])
-
-
-@pytest.mark.parametrize(
-    ("url", "problem"),
-    [
-        ("https://files.runcomfy.net/a.png", None),
-        ("ftp://files.runcomfy.net/a.png", "scheme 'ftp'"),
-        ("file:///etc/passwd", "scheme 'file'"),
-        ("https://files.runcomfy.net@169.254.169.254/latest", "host '169.254.169.254'"),
-        ("http://169.254.169.254/latest/meta-data", "not in allowed_output_hosts"),
-        ("https:///nohost", "no host"),
-    ],
-)
-def test_output_url_problem(url: str, problem: str | None) -> None:
-    found = output_url_problem(url, normalise_host_patterns(["*.runcomfy.net"]))
-    if problem is None:
-        assert found is None
-    else:
-        assert found is not None
-        assert problem in found
-
-
-# --- Metadata and manifest ---
-
-
-def test_ascii_metadata_escapes_and_cleans() -> None:
-    meta = ascii_metadata({"Team Name": "café\n", "seed": 7, "skip": None, "long": "x" * 400, "%": "a%b"})
-    assert meta == {"team-name": "caf%C3%A9", "seed": "7", "long": "x" * 256}
-    assert all(v.isascii() for v in meta.values())
-
-
-def test_build_manifest_totals_and_redaction() -> None:
-    manifest = build_manifest(
-        request_id="rid",
-        model_id="m",
-        bucket="b",
-        fields={"dag_id": "d"},
-        inputs=["s3://b/in.png", "https://h/x.png?sig=secret"],
-        parameters={"prompt": "p", "image_urls": ["https://h/x.png?X-Amz-Signature=secret"]},
-        prompt_sha256="abc",
-        outputs=[{"index": 0, "size_bytes": 3}, {"index": 1, "size_bytes": 4}],
-        started_at="s",
-        finished_at="f",
-        duration_s=1.23456,
-    )
-    assert manifest["total_bytes"] == 7
-    assert manifest["output_count"] == 2
-    assert manifest["duration_s"] == 1.235
-    assert "secret" not in json.dumps(manifest)
-    assert manifest["manifest_version"] == 1
+def test_check_destination_refuses_what_could_not_hold_the_outputs() -> None:
+    fields = {"dag_id": "d", "run_id": "r", "task_id": "t", "map_index": -1}
+    check_destination("s3://bkt/out/", DEFAULT_KEY_TEMPLATE, fields, outputs=2)
+    with pytest.raises(InvalidEditRequestError, match=r"output_s3_uri: .*not an s3:// URI"):
+        check_destination("https://bkt/out/", DEFAULT_KEY_TEMPLATE, fields)
+    with pytest.raises(InvalidEditRequestError, match=r"must contain \{index\}"):
+        check_destination("s3://bkt/out/", "{dag_id}/{request_id}.{ext}", fields, outputs=2)
+    with pytest.raises(InvalidEditRequestError, match=r"s3_key_template: unknown field \{nope\}"):
+        check_destination("s3://bkt/out/", "{nope}/{index}.{ext}", fields)
