@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import urlsplit
+
+from airflow_provider_nanobanana.exceptions import InvalidEditRequestError
+from airflow_provider_nanobanana.media.keys import parse_s3_uri
 
 
 def output_asset(output_s3_uri: str | None) -> Any | None:
@@ -26,9 +28,11 @@ def _s3_datasets(uris: Iterable[str]) -> list[Any]:
 
     datasets = []
     for uri in uris:
-        parts = urlsplit(uri)
-        if parts.scheme == "s3" and parts.netloc:
-            datasets.append(Dataset(namespace=f"s3://{parts.netloc}", name=parts.path.lstrip("/")))
+        try:
+            bucket, key = parse_s3_uri(uri)  # S3 keys are literal: "?" and "#" belong to the key
+        except InvalidEditRequestError:
+            continue  # an https URL or a malformed URI names no stable dataset
+        datasets.append(Dataset(namespace=f"s3://{bucket}", name=key))
     return datasets
 
 
