@@ -33,20 +33,20 @@ def get_provider_info() -> dict[str, Any]:
         "operators": [
             {
                 "integration-name": "RunComfy",
-                "python-modules": [f"{PACKAGE}.operators.nano_banana", f"{PACKAGE}.operators.batch"],
+                "python-modules": [f"{PACKAGE}.operators.nano_banana", f"{PACKAGE}.batch.operator"],
             }
         ],
         "sensors": [{"integration-name": "RunComfy", "python-modules": [f"{PACKAGE}.sensors.runcomfy"]}],
         "triggers": [
             {
                 "integration-name": "RunComfy",
-                "python-modules": [f"{PACKAGE}.triggers.runcomfy", f"{PACKAGE}.triggers.batch"],
+                "python-modules": [f"{PACKAGE}.triggers.runcomfy", f"{PACKAGE}.batch.trigger"],
             }
         ],
         "extra-links": [f"{PACKAGE}.links.RunComfyRequestLink"],
         "config": {
             "nanobanana": {
-                "description": "Shared by every RunComfy trigger in one triggerer process.",
+                "description": "Polling and deferral settings of the RunComfy operators, sensor and triggers.",
                 "options": {
                     "poll_rate_per_s": {
                         "description": "Most status/result polls per second across all RunComfy "
@@ -63,6 +63,27 @@ def get_provider_info() -> dict[str, Any]:
                         "type": "integer",
                         "example": "32",
                         "default": "32",
+                    },
+                    "wait_before_defer_s": {
+                        "description": "Seconds a task keeps polling on the worker after submitting "
+                        "before it defers. A job that finishes in this window never defers, so "
+                        "Airflow's defer-exit race cannot fail it; longer jobs cost this many "
+                        "worker-slot seconds. 0 polls once, then defers.",
+                        "version_added": "0.2.0",
+                        "type": "float",
+                        "example": "10",
+                        "default": "10",
+                    },
+                    "min_deferral_s": {
+                        "description": "Seconds after a deferral began before a RunComfy trigger may "
+                        "fire. The scheduler must first drain the executor event of the worker's exit "
+                        "after defer(); a trigger that fires sooner can make it fail or retry a task "
+                        "whose job succeeded (apache/airflow#67287, #71580). Adds at most this much "
+                        "latency to jobs that finish just after deferring.",
+                        "version_added": "0.2.0",
+                        "type": "float",
+                        "example": "15",
+                        "default": "15",
                     },
                 },
             }

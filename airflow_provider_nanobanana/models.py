@@ -229,6 +229,12 @@ class StatusResponse(_Lenient):
     #: The state exactly as sent, so a message about an ``UNKNOWN`` state can say what arrived.
     status_text: str = ""
     queue_position: int | None = None
+    #: Why a job failed; the shape is undocumented (string or object), read through ``error_message``.
+    error: Any = None
+
+    @property
+    def error_message(self) -> str:
+        return describe_error(self.error) or f"job ended in state {self.status.value}"
 
     @model_validator(mode="before")
     @classmethod
@@ -247,18 +253,15 @@ class ResultResponse(StatusResponse):
     """``GET .../result``: while the job runs this is just the current state (no output yet)."""
 
     output: Any = None
-    error: Any = None
-    created_at: str | None = None
-    finished_at: str | None = None
-    cost: float | None = None
+    #: Metadata nothing acts on is typed loosely: a numeric timestamp must never make the result of
+    #: a paid job unreadable.
+    created_at: Any = None
+    finished_at: Any = None
+    cost: Any = None
 
     @property
     def images(self) -> list[str]:
         return output_urls(self.output)
-
-    @property
-    def error_message(self) -> str:
-        return describe_error(self.error) or f"job ended in state {self.status.value}"
 
 
 class CancelResponse(_Lenient):
@@ -343,12 +346,15 @@ EventStatus = Literal["success", "failed", "cancelled", "timeout", "error"]
 
 
 class JobEvent(BaseModel):
-    """The one terminal event a :class:`RunComfyJobTrigger` yields; validated in ``execute_complete``."""
+    """The verdict a waiter reaches; the one terminal event a :class:`RunComfyJobTrigger` yields.
+
+    A verdict, not a result: outputs are fetched once, by the worker that archives them. Events
+    written by 0.1.0 also carried redacted ``images``; they are accepted and ignored.
+    """
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     status: EventStatus
     request_id: str
     message: str = ""
-    images: list[str] = Field(default_factory=list)
     job_state: JobState | None = None

@@ -1,8 +1,9 @@
-"""How to wait for a RunComfy job: the one "decide the next step" logic shared by every waiter.
+"""How to wait for a RunComfy job: the one poll step shared by every waiter.
 
-The synchronous wait (``deferrable=False``), the trigger and the batch trigger all drive a
-:class:`JobWatch` and differ only in how they sleep and send. That keeps the policy (backoff, error
-budget, deadline, what counts as success) in one place instead of one copy per loop.
+The in-place wait (``deferrable=False``), the wait before deferring, the sensor's poke, the trigger
+and the batch trigger all call :meth:`JobWatch.poll` (or :meth:`JobWatch.apoll` on an event loop) and
+differ only in how they sleep. That keeps the policy (backoff, error budget, deadline, what counts as
+success) in one place. Polling knows no trigger, operator or task: it needs a hook and a clock.
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from airflow_provider_nanobanana.config import POLL_MAX_IN_FLIGHT, POLL_RATE_PER_S
 from airflow_provider_nanobanana.exceptions import (
     RunComfyAPIError,
     RunComfyRateLimitedError,
     RunComfyTransientError,
 )
-from airflow_provider_nanobanana.models import JobEvent, JobState, ResultResponse, StatusResponse
-from airflow_provider_nanobanana.redaction import redact_url
+from airflow_provider_nanobanana.models import JobEvent, JobState, StatusResponse
 
 if TYPE_CHECKING:
     from airflow_provider_nanobanana.hooks.runcomfy import RunComfyHook
@@ -103,9 +104,36 @@ class JobWatch:
         # Wake up exactly at the deadline rather than oversleeping it, so the timeout is punctual.
         return max(0.0, min(delay, self.remaining_s()))
 
-    # -- outcomes of one poll -----------------------------------------------------------------
-    def on_status(self, status: StatusResponse) -> bool:
-        """Record a status; True when the job is terminal and its result should be fetched."""
+    # -- the poll step: one home for "ask, then decide" -------------------------------------------
+    def poll(self, hook: RunComfyHook) -> JobEvent | None:
+        """One poll on this thread: the job's final verdict, or None to poll again after
+        :meth:`next_delay`. Used by every synchronous waiter (in-place wait, pre-deferral wait,
+        sensor poke)."""
+        try:
+            status = hook.get_status(self.request_id)
+            if _needs_failure_detail(status):
+                status = hook.get_result(self.request_id)
+        except RunComfyAPIError as exc:
+            return self.on_error(exc)
+        return self.on_status(status)
+
+    async def apoll(self, hook: RunComfyHook) -> JobEvent | None:
+        """:meth:`poll` for the event loop (triggers); only the sends differ."""
+        try:
+            status = await hook.aget_status(self.request_id)
+            if _needs_failure_detail(status):
+                status = await hook.aget_result(self.request_id)
+        except RunComfyAPIError as exc:
+            return self.on_error(exc)
+        return self.on_status(status)
+
+    # -- outcomes of one poll (pure) --------------------------------------------------------------
+    def on_status(self, status: StatusResponse) -> JobEvent | None:
+        """Record a status; the final verdict when the job has ended, None while it runs.
+
+        A verdict never carries outputs: whoever acts on a completed job (the worker that archives)
+        fetches the result exactly once, so no result is fetched twice on any path.
+        """
         self.polls += 1
         self.consecutive_errors = 0
         previous = self.state
@@ -115,7 +143,14 @@ class JobWatch:
             self.step = 1  # it started running: edits finish soon, so look again soon
         else:
             self.step += 1
-        return status.status.is_terminal
+        state = status.status
+        if state is JobState.COMPLETED:
+            return self.event("success", "job completed", state=state)
+        if state is JobState.FAILED:
+            return self.event("failed", f"job failed: {status.error_message}", state=state)
+        if state is JobState.CANCELLED:
+            return self.event("cancelled", "job was cancelled", state=state)
+        return None
 
     def on_error(self, exc: RunComfyAPIError) -> JobEvent | None:
         """A poll failed after the hook's own retries: keep waiting, or end with an ``error`` event."""
@@ -131,44 +166,18 @@ class JobWatch:
         why = "" if not transient else f" ({self.consecutive_errors} consecutive failed polls)"
         return self.event("error", f"polling {self.request_id} failed{why}: {exc}")
 
-    def on_result(self, result: ResultResponse) -> JobEvent | None:
-        """Map a terminal result to the final event; None if the result still shows a running job."""
-        state = result.status
-        if state is JobState.COMPLETED:
-            images = result.images
-            if not images:
-                return self.event("failed", "job completed but returned no output URLs", state=state)
-            # Output URLs may be signed; the event is stored in the metadata DB, so only redacted ones.
-            redacted = [redact_url(u) for u in images]
-            return self.event(
-                "success", f"completed with {len(images)} output(s)", images=redacted, state=state
-            )
-        if state is JobState.FAILED:
-            return self.event("failed", f"job failed: {result.error_message}", state=state)
-        if state is JobState.CANCELLED:
-            return self.event("cancelled", "job was cancelled", state=state)
-        return None
-
     def timeout_event(self) -> JobEvent:
         last = self.state_text or (self.state.value if self.state else "never polled")
         extra = f"; last error: {self.last_error}" if self.last_error and self.consecutive_errors else ""
         waited = time.time() - self.started_epoch_s
         return self.event("timeout", f"job not finished after {waited:.0f}s (last state: {last}){extra}")
 
-    def event(
-        self,
-        status: str,
-        message: str,
-        *,
-        images: list[str] | None = None,
-        state: JobState | None = None,
-    ) -> JobEvent:
+    def event(self, status: str, message: str, *, state: JobState | None = None) -> JobEvent:
         return JobEvent.model_validate(
             {
                 "status": status,
                 "request_id": self.request_id,
                 "message": message,
-                "images": images or [],
                 "job_state": state or self.state,
             }
         )
@@ -227,36 +236,51 @@ def shared_poll_budget() -> PollBudget:
     loop = asyncio.get_running_loop()
     budget = _BUDGETS.get(loop)
     if budget is None:
-        rate, in_flight = _budget_config()
-        budget = _BUDGETS[loop] = PollBudget(rate, in_flight)
+        budget = _BUDGETS[loop] = PollBudget(POLL_RATE_PER_S.get(), int(POLL_MAX_IN_FLIGHT.get()))
     return budget
 
 
-def _budget_config() -> tuple[float, int]:
-    try:
-        from airflow_provider_nanobanana._compat import conf
-
-        rate = conf.getfloat("nanobanana", "poll_rate_per_s", fallback=150.0)
-        in_flight = conf.getint("nanobanana", "poll_max_in_flight", fallback=32)
-    except Exception:  # noqa: BLE001 - configuration must never stop a poll loop
-        return 150.0, 32
-    return float(rate or 150.0), int(in_flight or 32)
+def _needs_failure_detail(status: StatusResponse) -> bool:
+    """A failed job whose status does not say why: its result does (one extra GET, failures only)."""
+    return status.status is JobState.FAILED and not status.error
 
 
 def wait_for_job(
-    hook: RunComfyHook, watch: JobWatch, *, sleep: Callable[[float], None] = time.sleep
-) -> JobEvent:
-    """Block until the job ends or the deadline passes (``deferrable=False``; holds a worker slot)."""
-    while not watch.expired():
-        try:
-            if watch.on_status(hook.get_status(watch.request_id)):
-                event = watch.on_result(hook.get_result(watch.request_id))
-                if event is not None:
-                    return event
-        except RunComfyAPIError as exc:
-            if (event := watch.on_error(exc)) is not None:
-                return event
+    hook: RunComfyHook,
+    watch: JobWatch,
+    *,
+    give_up_at_epoch_s: float | None = None,
+    sleep: Callable[[float], None] | None = None,
+) -> JobEvent | None:
+    """Poll on this thread until the job ends; holds a worker slot while it waits.
+
+    Without ``give_up_at_epoch_s`` it waits up to the watch's deadline and ends with a ``timeout``
+    event (``deferrable=False``). With it, it stops polling at that time and returns None: the caller
+    defers the rest of the wait to the triggerer. A watch that has polled already (a re-attach read
+    the status) sleeps before its next poll rather than asking twice in a row.
+    """
+    while True:
+        if watch.polls:
+            now = time.time()
+            stop = watch.deadline_epoch_s
+            if give_up_at_epoch_s is not None:
+                stop = min(stop, give_up_at_epoch_s)
+            if now >= stop:
+                return watch.timeout_event() if watch.expired(now) else None
+            (sleep or time.sleep)(min(watch.next_delay(), stop - now))
+        if (event := watch.poll(hook)) is not None:
+            return event
         if line := watch.progress():
             log.info(line)
-        sleep(watch.next_delay())
-    return watch.timeout_event()
+
+
+async def hold_until(epoch_s: float | None) -> None:
+    """Sleep until ``epoch_s`` (a wall-clock time that survives a triggerer restart).
+
+    A trigger that fires seconds after its task deferred can lose a race in Airflow's scheduler: it
+    re-queues the task before it has drained the executor's "success" event for the worker's exit
+    after ``defer()``, and then treats the task as killed externally (apache/airflow#66374, #67287,
+    #71580, #72716). Triggers hold their event until ``min_deferral_s`` after the deferral began.
+    """
+    if epoch_s is not None and (wait := epoch_s - time.time()) > 0:
+        await asyncio.sleep(wait)

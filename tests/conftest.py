@@ -16,6 +16,11 @@ os.environ.setdefault("AIRFLOW_HOME", str(_AIRFLOW_HOME))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
 os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(Path(__file__).resolve().parent / "dags"))
+# The defer-race guards (wait on the worker before deferring, hold a trigger's event) have tests of
+# their own; everywhere else a task defers right after one look and a trigger fires at once, so each
+# suite tests its own subject without their seconds. Real deployments (devstack) use the defaults.
+os.environ.setdefault("AIRFLOW__NANOBANANA__WAIT_BEFORE_DEFER_S", "0")
+os.environ.setdefault("AIRFLOW__NANOBANANA__MIN_DEFERRAL_S", "0")
 # boto3 must never reach for real credentials or instance metadata.
 for _name, _value in {
     "AWS_ACCESS_KEY_ID": "testing",

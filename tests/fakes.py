@@ -53,3 +53,29 @@ class OutletEvents:
         from types import SimpleNamespace
 
         return self._events.setdefault(asset.uri, SimpleNamespace(extra={}))
+
+
+class Clock:
+    """A wall clock that moves only when the code under test sleeps: waits are asserted in clock
+    seconds, never in wall time. Install it with :func:`install_clock`."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+        self.sleeps: list[float] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def install_clock(monkeypatch: Any) -> Clock:
+    """Patch ``time.time`` and ``time.sleep`` (what the waiters and operators read) with a :class:`Clock`."""
+    import time
+
+    clock = Clock()
+    monkeypatch.setattr(time, "time", clock.time)
+    monkeypatch.setattr(time, "sleep", clock.sleep)
+    return clock

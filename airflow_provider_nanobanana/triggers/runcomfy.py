@@ -12,17 +12,17 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_nanobanana.exceptions import RunComfyAPIError
 from airflow_provider_nanobanana.hooks.runcomfy import RunComfyHook
-from airflow_provider_nanobanana.models import JobState, validate_request_id
-from airflow_provider_nanobanana.polling import JobWatch, PollPolicy, shared_poll_budget
+from airflow_provider_nanobanana.models import JobEvent, validate_request_id
+from airflow_provider_nanobanana.polling import JobWatch, PollPolicy, hold_until, shared_poll_budget
+from airflow_provider_nanobanana.triggers.versioning import check_kwargs_version
 
-#: Cleanup on kill is one best-effort call; it must never hang the triggerer.
-CANCEL_TIMEOUT_S = 10.0
+#: Version of the serialized kwargs. 1 (0.1.0, no ``kwargs_version`` key) had no release hold.
+KWARGS_VERSION = 2
 
 
 class RunComfyJobTrigger(BaseTrigger):
-    """Poll a submitted request until it ends; yield exactly one event, then return.
+    """Poll a submitted request until it ends; yield exactly one verdict event, then return.
 
     :param request_id: the RunComfy request to wait for.
     :param deadline_epoch_s: wall-clock deadline (``time.time()`` based) after which a ``timeout``
@@ -30,8 +30,11 @@ class RunComfyJobTrigger(BaseTrigger):
     :param runcomfy_conn_id: connection with the API token.
     :param poll_interval_s: first poll delay; later ones grow to ``poll_max_s``.
     :param cancel_on_kill: cancel the job when a user kills the deferred task while it is queued.
+    :param release_not_before_epoch_s: the event is never yielded before this wall-clock time (the
+        deferral's start plus ``min_deferral``), so Airflow's defer-exit race cannot fail the task.
 
-    Serialized kwargs carry ids and settings only: never the token or a pre-signed URL.
+    Serialized kwargs carry ids and settings only: never the token or a pre-signed URL. The event
+    is a verdict without outputs: the worker fetches the result once, when it archives.
     """
 
     def __init__(
@@ -43,25 +46,31 @@ class RunComfyJobTrigger(BaseTrigger):
         poll_interval_s: float = 2.0,
         poll_max_s: float = 30.0,
         cancel_on_kill: bool = True,
+        release_not_before_epoch_s: float | None = None,
+        kwargs_version: int = 1,
     ) -> None:
         super().__init__()
+        check_kwargs_version(type(self), kwargs_version, KWARGS_VERSION)
         self.request_id = validate_request_id(request_id)
         self.deadline_epoch_s = float(deadline_epoch_s)
         self.runcomfy_conn_id = runcomfy_conn_id
         self.poll_interval_s = poll_interval_s
         self.poll_max_s = poll_max_s
         self.cancel_on_kill = cancel_on_kill
+        self.release_not_before_epoch_s = release_not_before_epoch_s
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
             f"{type(self).__module__}.{type(self).__qualname__}",
             {
+                "kwargs_version": KWARGS_VERSION,
                 "request_id": self.request_id,
                 "deadline_epoch_s": self.deadline_epoch_s,
                 "runcomfy_conn_id": self.runcomfy_conn_id,
                 "poll_interval_s": self.poll_interval_s,
                 "poll_max_s": self.poll_max_s,
                 "cancel_on_kill": self.cancel_on_kill,
+                "release_not_before_epoch_s": self.release_not_before_epoch_s,
             },
         )
 
@@ -69,33 +78,31 @@ class RunComfyJobTrigger(BaseTrigger):
         return RunComfyHook(self.runcomfy_conn_id)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        policy = PollPolicy.between(self.poll_interval_s, self.poll_max_s)
-        watch = JobWatch(self.request_id, self.deadline_epoch_s, policy)
-        hook = self._hook()
-        budget = shared_poll_budget()
+        watch = JobWatch(
+            self.request_id, self.deadline_epoch_s, PollPolicy.between(self.poll_interval_s, self.poll_max_s)
+        )
+        event = await self._wait(watch)
+        await hold_until(self.release_not_before_epoch_s)
+        yield TriggerEvent(event.model_dump(mode="json"))
+
+    async def _wait(self, watch: JobWatch) -> JobEvent:
         try:
+            hook = self._hook()
+            # Resolved before taking a poll slot: a connection lookup must not hold one.
+            await hook.aget_settings()
+            budget = shared_poll_budget()
             while not watch.expired():
-                try:
-                    async with budget.slot():
-                        terminal = watch.on_status(await hook.aget_status(self.request_id))
-                    if terminal:
-                        async with budget.slot():
-                            event = watch.on_result(await hook.aget_result(self.request_id))
-                        if event is not None:
-                            yield TriggerEvent(event.model_dump(mode="json"))
-                            return
-                except RunComfyAPIError as exc:
-                    if (event := watch.on_error(exc)) is not None:
-                        yield TriggerEvent(event.model_dump(mode="json"))
-                        return
+                async with budget.slot():
+                    event = await watch.apoll(hook)
+                if event is not None:
+                    return event
                 if line := watch.progress():
                     self.log.info(line)
                 await asyncio.sleep(watch.next_delay())
-            yield TriggerEvent(watch.timeout_event().model_dump(mode="json"))
+            return watch.timeout_event()
         except Exception as exc:
             self.log.exception("RunComfy trigger for %s failed", self.request_id)
-            event = watch.event("error", f"trigger failed: {type(exc).__name__}: {exc}")
-            yield TriggerEvent(event.model_dump(mode="json"))
+            return watch.event("error", f"trigger failed: {type(exc).__name__}: {exc}")
 
     async def on_kill(self) -> None:
         """Airflow >= 3.3 calls this when a user marks or clears the deferred task (not on restarts).
@@ -103,25 +110,5 @@ class RunComfyJobTrigger(BaseTrigger):
         RunComfy can only cancel queued jobs; a running one will finish (and be billed) regardless,
         so this is one best-effort call whose failure is logged, never raised.
         """
-        if not self.cancel_on_kill:
-            return
-        await cancel_if_queued(self._hook(), self.request_id, log=self.log)
-
-
-async def cancel_if_queued(hook: RunComfyHook, request_id: str, *, log: Any) -> bool:
-    """Best-effort, time-bounded cancel of a job that is still queued; True if it was cancelled."""
-
-    async def attempt() -> bool:
-        status = await hook.aget_status(request_id)
-        if status.status is not JobState.IN_QUEUE:
-            log.info("Not cancelling %s: it is %s", request_id, status.status_text or status.status.value)
-            return False
-        response = await hook.acancel(request_id)
-        log.info("Cancel of %s: %s", request_id, response.outcome.value)
-        return response.cancelled
-
-    try:
-        return await asyncio.wait_for(attempt(), CANCEL_TIMEOUT_S)
-    except (RunComfyAPIError, asyncio.TimeoutError) as exc:
-        log.warning("Could not cancel RunComfy request %s: %s", request_id, exc or "timed out")
-        return False
+        if self.cancel_on_kill:
+            await self._hook().acancel_if_queued(self.request_id)

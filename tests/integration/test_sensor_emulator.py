@@ -49,6 +49,7 @@ def test_deferred_sensor_returns_the_outcome(emulator, presigned_input):
     assert result["status"] == "completed"
     assert len(result["images"]) == 1
     assert emulator.counters()["jobs_created"] == 1
+    assert emulator.counters()["result_polls"] == 1
 
 
 def test_deferred_sensor_fails_on_a_failed_job(emulator, presigned_input):
@@ -61,13 +62,16 @@ def test_poking_sensor(emulator, presigned_input):
     emulator.configure(queue_s=0.5, run_s=0.5)
     rid = submit_elsewhere(emulator, presigned_input)
     task = sensor(rid, deferrable=False)
-    assert task.poke({}) is False
+    assert not task.poke({})
     for _ in range(100):
-        if task.poke({}):
+        if (done := task.poke({})).is_done:
             break
         asyncio.run(asyncio.sleep(0.1))
     else:
         raise AssertionError("the job never completed")
+    assert done.xcom_value["request_id"] == rid
+    assert len(done.xcom_value["images"]) == 1
+    assert emulator.counters()["result_polls"] == 1  # pokes read the status; the result once
 
 
 def test_poking_sensor_raises_when_cancelled_from_outside(emulator, presigned_input):

@@ -11,7 +11,8 @@ from airflow_provider_nanobanana.exceptions import (
     RunComfyTransientError,
 )
 from airflow_provider_nanobanana.models import ResultResponse, StatusResponse
-from airflow_provider_nanobanana.polling import JobWatch, PollBudget, PollPolicy
+from airflow_provider_nanobanana.polling import JobWatch, PollBudget, PollPolicy, hold_until, wait_for_job
+from tests.fakes import install_clock
 
 
 def test_backoff_grows_to_the_cap_with_bounded_jitter():
@@ -44,25 +45,126 @@ def status(state, **kw):
     return StatusResponse.model_validate({"status": state, **kw})
 
 
-def test_terminal_status_asks_for_the_result_and_maps_outcomes():
+def test_a_status_is_mapped_to_a_verdict_without_outputs():
     watch = JobWatch("r1", time.time() + 60)
-    assert watch.on_status(status("in_queue", queue_position=3)) is False
-    assert watch.on_status(status("completed")) is True
-    ok = watch.on_result(
-        ResultResponse.model_validate(
-            {"status": "completed", "output": {"images": ["https://c/1.png?sig=abc"]}}
-        )
-    )
+    assert watch.on_status(status("in_queue", queue_position=3)) is None
+    assert watch.on_status(status("in_progress")) is None
+    ok = watch.on_status(status("completed"))
     assert ok.status == "success"
-    assert ok.images == ["https://c/1.png?sig=***"]
-    failed = watch.on_result(ResultResponse.model_validate({"status": "failed", "error": "nsfw"}))
+    assert not hasattr(ok, "images")  # a verdict: the worker fetches outputs once, where it archives
+    failed = watch.on_status(status("failed", error={"type": "safety", "message": "nsfw"}))
     assert failed.status == "failed"
-    assert "nsfw" in failed.message
-    assert watch.on_result(ResultResponse.model_validate({"status": "cancelled"})).status == "cancelled"
-    empty = watch.on_result(ResultResponse.model_validate({"status": "completed", "output": {}}))
-    assert empty.status == "failed"
-    assert "no output" in empty.message
-    assert watch.on_result(ResultResponse.model_validate({"status": "in_progress"})) is None
+    assert "safety: nsfw" in failed.message
+    assert watch.on_status(status("canceled")).status == "cancelled"
+    assert watch.on_status(status("weird_state")) is None  # unknown: keep polling until the deadline
+
+
+class Hook:
+    """Counts the sends of one poll step; answers from a script."""
+
+    def __init__(self, statuses, result=None):
+        self.statuses = list(statuses)
+        self.result = result
+        self.calls: list[str] = []
+
+    def get_status(self, rid):
+        self.calls.append("status")
+        item = self.statuses.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return status(item) if isinstance(item, str) else item
+
+    def get_result(self, rid):
+        self.calls.append("result")
+        return ResultResponse.model_validate(self.result)
+
+    async def aget_status(self, rid):
+        return self.get_status(rid)
+
+    async def aget_result(self, rid):
+        return self.get_result(rid)
+
+
+def test_poll_asks_the_result_only_for_a_failure_the_status_does_not_explain():
+    hook = Hook(["completed"], result={"status": "completed"})
+    assert JobWatch("r1", time.time() + 60).poll(hook).status == "success"
+    assert hook.calls == ["status"]
+    hook = Hook(["failed"], result={"status": "failed", "error": "content policy"})
+    event = JobWatch("r1", time.time() + 60).poll(hook)
+    assert event.status == "failed"
+    assert "content policy" in event.message
+    assert hook.calls == ["status", "result"]
+    hook = Hook([status("failed", error="told in the status")])
+    assert "told in the status" in JobWatch("r1", time.time() + 60).poll(hook).message
+    assert hook.calls == ["status"]
+
+
+async def test_apoll_is_the_same_step_on_the_event_loop():
+    hook = Hook(
+        [RunComfyTransientError("503"), "in_queue", "failed"], result={"status": "failed", "error": "x"}
+    )
+    watch = JobWatch("r1", time.time() + 60)
+    assert await watch.apoll(hook) is None
+    assert watch.consecutive_errors == 1
+    assert await watch.apoll(hook) is None
+    assert watch.consecutive_errors == 0
+    assert (await watch.apoll(hook)).status == "failed"
+    assert hook.calls == ["status", "status", "status", "result"]
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    return install_clock(monkeypatch)
+
+
+def test_waiting_before_deferring_finishes_a_job_that_ends_in_the_window(clock):
+    hook = Hook(["in_queue", "in_progress", "completed"])
+    watch = JobWatch("r1", clock.now + 600, PollPolicy(initial_s=1, factor=1, jitter=0))
+    event = wait_for_job(hook, watch, give_up_at_epoch_s=clock.now + 10, sleep=clock.sleep)
+    assert event.status == "success"
+    assert hook.calls == ["status"] * 3
+    assert clock.sleeps == [1, 1]
+
+
+def test_waiting_before_deferring_gives_up_at_its_time_and_never_oversleeps_it(clock):
+    hook = Hook(["in_queue"] * 50)
+    watch = JobWatch("r1", clock.now + 600, PollPolicy(initial_s=3, factor=1, jitter=0))
+    start = clock.now
+    assert wait_for_job(hook, watch, give_up_at_epoch_s=start + 10, sleep=clock.sleep) is None
+    assert clock.now == start + 10
+    assert clock.sleeps == [3, 3, 3, 1]
+    assert hook.calls == ["status"] * 5  # at 0, 3, 6, 9 and a last look at the give-up time
+
+
+def test_zero_wait_is_one_look_and_a_watch_that_already_looked_does_not_look_again(clock):
+    hook = Hook(["in_queue"])
+    watch = JobWatch("r1", clock.now + 600)
+    assert wait_for_job(hook, watch, give_up_at_epoch_s=clock.now, sleep=clock.sleep) is None
+    assert hook.calls == ["status"]
+    assert wait_for_job(hook, watch, give_up_at_epoch_s=clock.now, sleep=clock.sleep) is None
+    assert hook.calls == ["status"]  # a re-attach's status counts as the look
+
+
+def test_the_in_place_wait_ends_with_a_timeout_at_the_deadline(clock):
+    hook = Hook(["in_queue"] * 50)
+    watch = JobWatch("r1", clock.now + 7, PollPolicy(initial_s=2, factor=1, jitter=0))
+    event = wait_for_job(hook, watch, sleep=clock.sleep)
+    assert event.status == "timeout"
+    assert sum(clock.sleeps) == 7
+
+
+async def test_hold_sleeps_until_the_release_time_and_not_after_it(clock, monkeypatch):
+    slept: list[float] = []
+
+    async def fake_sleep(seconds):
+        slept.append(seconds)
+
+    monkeypatch.setattr("airflow_provider_nanobanana.polling.asyncio.sleep", fake_sleep)
+    await hold_until(clock.now + 8.5)
+    assert slept == [8.5]
+    await hold_until(clock.now - 1)
+    await hold_until(None)
+    assert slept == [8.5]
 
 
 def test_transient_errors_are_tolerated_up_to_a_budget_and_permanent_ones_end_at_once():

@@ -55,12 +55,14 @@ def test_serialize_carries_ids_and_settings_only():
     path, kwargs = t.serialize()
     assert path == "airflow_provider_nanobanana.triggers.runcomfy.RunComfyJobTrigger"
     assert kwargs == {
+        "kwargs_version": 2,
         "request_id": RID,
         "deadline_epoch_s": 1234.5,
         "runcomfy_conn_id": "rc",
         "poll_interval_s": 1,
         "poll_max_s": 9,
         "cancel_on_kill": True,
+        "release_not_before_epoch_s": None,
     }
     assert TOKEN not in json.dumps(kwargs)
     assert RunComfyJobTrigger(**kwargs).serialize() == (path, kwargs)
@@ -80,16 +82,49 @@ async def test_success_after_queue_and_progress():
             httpx.Response(200, json={"status": "completed"}),
         ]
     )
-    respx.get(RESULT).mock(
-        return_value=httpx.Response(
-            200,
-            json={"status": "completed", "output": {"images": ["https://cdn.runcomfy.net/a.png?sig=s3cr3t"]}},
-        )
-    )
+    result = respx.get(RESULT)
     events = await events_of(trigger())
     assert len(events) == 1
     assert events[0]["status"] == "success"
-    assert events[0]["images"] == ["https://cdn.runcomfy.net/a.png?sig=***"]
+    assert "images" not in events[0]  # a verdict: the worker fetches the result once
+    assert result.call_count == 0
+
+
+KWARGS_0_1_0 = {
+    "request_id": RID,
+    "deadline_epoch_s": 4102444800.0,
+    "runcomfy_conn_id": "runcomfy_default",
+    "poll_interval_s": 2.0,
+    "poll_max_s": 30.0,
+    "cancel_on_kill": True,
+}
+
+
+def test_kwargs_serialized_by_0_1_0_still_build_a_trigger_and_a_newer_version_is_refused():
+    t = RunComfyJobTrigger(**KWARGS_0_1_0)
+    assert t.release_not_before_epoch_s is None
+    assert t.serialize()[1] == {**KWARGS_0_1_0, "kwargs_version": 2, "release_not_before_epoch_s": None}
+    with pytest.raises(ValueError, match="kwargs version 3"):
+        RunComfyJobTrigger(**{**KWARGS_0_1_0, "kwargs_version": 3})
+
+
+@respx.mock
+async def test_the_event_is_held_until_the_release_time(monkeypatch):
+    """Airflow's defer-exit race: an event that fires seconds after deferring can fail the task."""
+    slept: list[float] = []
+
+    async def record(seconds):
+        slept.append(seconds)
+
+    monkeypatch.setattr("airflow_provider_nanobanana.polling.asyncio.sleep", record)
+    respx.get(STATUS).mock(return_value=httpx.Response(200, json={"status": "completed"}))
+    (event,) = await events_of(trigger(release_not_before_epoch_s=time.time() + 40))
+    assert event["status"] == "success"
+    assert slept
+    assert 35 < slept[-1] <= 40
+    slept.clear()
+    await events_of(trigger(release_not_before_epoch_s=time.time() - 1))
+    assert slept == []
 
 
 @respx.mock
