@@ -13,24 +13,18 @@ One task, one paid request:
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Mapping, Sequence
-from datetime import timedelta
-from functools import cached_property
-from typing import TYPE_CHECKING, Any
-
-from airflow.sdk import BaseOperator
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from airflow_provider_nanobanana._compat import AirflowFailException
+from airflow_provider_nanobanana.config import WAIT_BEFORE_DEFER_S
 from airflow_provider_nanobanana.exceptions import (
     RunComfyError,
     RunComfyNotFoundError,
-    RunComfyRateLimitedError,
     RunComfySubmitUnknownError,
-    RunComfyTransientError,
 )
-from airflow_provider_nanobanana.hooks.runcomfy import Endpoint, RunComfyHook
+from airflow_provider_nanobanana.hooks.runcomfy import Endpoint
 from airflow_provider_nanobanana.lineage import openlineage_facets, output_asset
 from airflow_provider_nanobanana.links import REQUEST_ID_XCOM_KEY, REQUEST_URL_XCOM_KEY, RunComfyRequestLink
 from airflow_provider_nanobanana.media.keys import (
@@ -39,26 +33,26 @@ from airflow_provider_nanobanana.media.keys import (
     fields_from_context,
 )
 from airflow_provider_nanobanana.models import (
-    DEFAULT_MODEL_ID,
-    MODEL_PARAMETERS,
     EditRequest,
     JobEvent,
     JobState,
+    StatusResponse,
 )
-from airflow_provider_nanobanana.outcome import raise_for_event
-from airflow_provider_nanobanana.polling import JobWatch, PollPolicy, wait_for_job
+from airflow_provider_nanobanana.operators.base import NanoBananaBaseOperator
+from airflow_provider_nanobanana.outcome import (
+    check_seconds,
+    completed_outputs,
+    deferral_timeout,
+    raise_for_event,
+)
+from airflow_provider_nanobanana.polling import JobWatch, wait_for_job
+from airflow_provider_nanobanana.preparation import prepare_request
 from airflow_provider_nanobanana.reattach import JobLedger, fingerprint
 from airflow_provider_nanobanana.redaction import redact_url
-from airflow_provider_nanobanana.triggers.runcomfy import RunComfyJobTrigger, cancel_if_queued
+from airflow_provider_nanobanana.triggers.runcomfy import RunComfyJobTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-
-    from airflow_provider_nanobanana.media import S3MediaHook
-
-#: The deferral's own timeout sits this far past the trigger's deadline, so the trigger's clean
-#: ``timeout`` event (which lets ``execute_complete`` cancel and explain) always arrives first.
-DEFERRAL_MARGIN_S = 120.0
 
 
 def _no_retry(exc: Exception) -> Exception:
@@ -66,30 +60,26 @@ def _no_retry(exc: Exception) -> Exception:
     return AirflowFailException(str(exc))
 
 
-class NanoBananaEditOperator(BaseOperator):
-    """Edit images with RunComfy's ``google/nano-banana-2/edit`` model.
+class NanoBananaEditOperator(NanoBananaBaseOperator):
+    """Edit images with RunComfy's ``google/nano-banana-2/edit`` model: one paid request per task.
 
-    Model inputs mirror the API: ``prompt``, ``image_urls`` (1-20 ``https://`` URLs or ``s3://``
-    URIs), ``num_images`` (1-4), ``seed``, ``aspect_ratio``, ``resolution``, ``output_format``,
-    ``safety_tolerance`` (1-6), ``limit_generations``, ``enable_web_search``.
+    Takes every parameter of :class:`~airflow_provider_nanobanana.operators.base.NanoBananaBaseOperator`
+    (``prompt``, the model's parameters, connections, polling, ``min_deferral``) and:
 
-    :param model_id: RunComfy model to submit to; the inputs above are this model's schema.
-    :param runcomfy_conn_id: ``runcomfy`` connection (password = API token).
-    :param poll_interval: seconds before the first status poll; later polls back off to
-        ``poll_max_interval``.
-    :param poll_max_interval: longest wait between two polls, in seconds.
+    :param image_urls: 1-20 ``https://`` URLs, ``s3://`` URIs or (with ``staging_s3_uri``) local files.
     :param timeout: seconds to wait for the job before cancelling it (if still queued) and failing.
     :param deferrable: wait in the triggerer (default; frees the worker slot). ``False`` waits on
         the worker, for deployments without a triggerer.
+    :param wait_before_defer: seconds the worker keeps polling after submitting before it defers;
+        a job that finishes in that window never defers. ``None`` reads ``[nanobanana]
+        wait_before_defer_s`` (default 10). ``0`` polls once, then defers.
     :param cancel_on_kill: cancel the job (if still queued) when the task is killed, marked
         failed or cleared while it waits; RunComfy cannot cancel a running job.
-    :param aws_conn_id: AWS connection for ``s3://`` inputs and ``output_s3_uri``.
     :param staging_s3_uri: ``s3://bucket/prefix/`` where local-file inputs are uploaded (by content
         hash) before being pre-signed; without it local paths are refused.
     :param output_s3_uri: ``s3://bucket/prefix/``; when set, every output is archived there with a
         JSON manifest, and the task fails if any output cannot be archived.
     :param s3_key_template: key of each archived image below ``output_s3_uri``.
-    :param presign_expiry: lifetime (s) of pre-signed input URLs; must outlive the queue wait.
 
     Returns (XCom) ``{"request_id", "status", "images", "archived", "manifest", "model_id"}``. The
     ``images`` are the output URLs with any signature redacted; ``archived`` are the S3 URIs.
@@ -109,69 +99,29 @@ class NanoBananaEditOperator(BaseOperator):
     def __init__(
         self,
         *,
-        prompt: str,
         image_urls: list[str] | str,
-        num_images: int = 1,
-        seed: int = 0,
-        aspect_ratio: str = "auto",
-        resolution: str = "1K",
-        output_format: str = "png",
-        safety_tolerance: int = 4,
-        limit_generations: bool = True,
-        enable_web_search: bool = False,
-        model_id: str = DEFAULT_MODEL_ID,
-        runcomfy_conn_id: str = RunComfyHook.default_conn_name,
-        poll_interval: float = 2.0,
-        poll_max_interval: float = 30.0,
         timeout: float = 3600.0,
         deferrable: bool = True,
+        wait_before_defer: float | None = None,
         cancel_on_kill: bool = True,
-        aws_conn_id: str | None = "aws_default",
         output_s3_uri: str | None = None,
         staging_s3_uri: str | None = None,
         s3_key_template: str | None = None,
-        presign_expiry: int = 6 * 3600,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
-        self.prompt = prompt
+        super().__init__(timeout=timeout, **kwargs)
         self.image_urls = image_urls
-        self.num_images = num_images
-        self.seed = seed
-        self.aspect_ratio = aspect_ratio
-        self.resolution = resolution
-        self.output_format = output_format
-        self.safety_tolerance = safety_tolerance
-        self.limit_generations = limit_generations
-        self.enable_web_search = enable_web_search
-        self.model_id = model_id
-        self.runcomfy_conn_id = runcomfy_conn_id
-        self.poll_interval = poll_interval
-        self.poll_max_interval = poll_max_interval
-        self.timeout = timeout
         self.deferrable = deferrable
+        self.wait_before_defer = check_seconds("wait_before_defer", wait_before_defer)
         self.cancel_on_kill = cancel_on_kill
-        self.aws_conn_id = aws_conn_id
         self.output_s3_uri = output_s3_uri
         self.staging_s3_uri = staging_s3_uri
         self.s3_key_template = s3_key_template
-        self.presign_expiry = presign_expiry
         self._request_id: str | None = None
         self._archived: list[str] = []
         asset = output_asset(output_s3_uri)
         if asset is not None and not kwargs.get("outlets"):
             self.outlets = [asset]  # downstream DAGs can be scheduled on newly archived images
-        if timeout <= 0:
-            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
-        PollPolicy.between(poll_interval, poll_max_interval)
-
-    @cached_property
-    def hook(self) -> RunComfyHook:
-        return RunComfyHook(self.runcomfy_conn_id, model_id=self.model_id)
-
-    @property
-    def policy(self) -> PollPolicy:
-        return PollPolicy.between(self.poll_interval, self.poll_max_interval)
 
     # -- inputs -----------------------------------------------------------------------------------
     def edit_fields(self) -> dict[str, Any]:
@@ -182,7 +132,7 @@ class NanoBananaEditOperator(BaseOperator):
         return {
             "prompt": self.prompt,
             "image_urls": list(urls) if isinstance(urls, (list, tuple)) else urls,
-            **{name: getattr(self, name) for name in MODEL_PARAMETERS},
+            **self.model_parameters(),
         }
 
     def validate_inputs(self) -> dict[str, Any]:
@@ -192,24 +142,6 @@ class NanoBananaEditOperator(BaseOperator):
             **fields, allow_insecure_inputs=self.hook.settings.allow_insecure_inputs, allow_unresolved=True
         )
         return fields
-
-    def _resolve_request(self, fields: Mapping[str, Any]) -> EditRequest:
-        urls = list(fields["image_urls"])
-        if any(not u.startswith(("https://", "http://")) for u in urls):  # s3:// or local files
-            urls = self.s3_media.resolve_inputs(urls, staging_uri=self.staging_s3_uri)
-        return EditRequest.build(
-            **{**fields, "image_urls": urls}, allow_insecure_inputs=self.hook.settings.allow_insecure_inputs
-        )
-
-    @cached_property
-    def s3_media(self) -> S3MediaHook:
-        from airflow_provider_nanobanana.media import S3MediaHook
-
-        return S3MediaHook(
-            self.aws_conn_id,
-            presign_expiry_s=self.presign_expiry,
-            allowed_output_hosts=self.hook.settings.allowed_output_hosts,
-        )
 
     # -- execution --------------------------------------------------------------------------------
     def execute(self, context: Context) -> dict[str, Any]:
@@ -223,62 +155,73 @@ class NanoBananaEditOperator(BaseOperator):
             )
         work = fingerprint({**fields, "model_id": self.model_id})
         ledger = JobLedger.for_context(context)
-        request_id = self._reattach(ledger, work)
+        request_id, status = self._reattach(ledger, work)
         if request_id is None:
-            request_id = self._submit(self._resolve_request(fields))
+            request = prepare_request(
+                fields,
+                media=self.media,
+                allow_insecure_inputs=self.hook.settings.allow_insecure_inputs,
+                staging_uri=self.staging_s3_uri,
+            )
+            request_id = self._submit(request)
             ledger.record(request_id, work)
         self._request_id = request_id
         self._publish(context, request_id)
 
         watch = JobWatch(request_id, time.time() + self.timeout, self.policy)
-        if not self.deferrable:
-            return self._finish(context, wait_for_job(self.hook, watch))
-        if (event := self._quick_look(watch)) is not None:
-            return self._finish(context, event)
-        self.log.info("Deferring: waiting for %s in the triggerer (timeout %.0fs)", request_id, self.timeout)
+        event = watch.on_status(status) if status is not None else None
+        if event is None:
+            # Most edits finish in seconds: a job that ends while the worker still watches never
+            # defers, so Airflow's defer-exit race cannot touch it (see docs/reliability.md).
+            give_up_at = time.time() + self._wait_before_defer() if self.deferrable else None
+            event = wait_for_job(self.hook, watch, give_up_at_epoch_s=give_up_at)
+        if event is None:
+            self._defer(watch)
+        return self._finish(context, event)
+
+    def _defer(self, watch: JobWatch) -> NoReturn:
+        self.log.info(
+            "Deferring: waiting for %s in the triggerer (timeout %.0fs)", watch.request_id, self.timeout
+        )
         self.defer(
             trigger=RunComfyJobTrigger(
-                request_id=request_id,
+                request_id=watch.request_id,
                 deadline_epoch_s=watch.deadline_epoch_s,
                 runcomfy_conn_id=self.runcomfy_conn_id,
                 poll_interval_s=self.poll_interval,
                 poll_max_s=self.poll_max_interval,
                 cancel_on_kill=self.cancel_on_kill,
+                release_not_before_epoch_s=time.time() + self.min_deferral_s(),
             ),
             method_name="execute_complete",
-            timeout=timedelta(seconds=self.timeout + self.poll_max_interval + DEFERRAL_MARGIN_S),
+            timeout=deferral_timeout(self.timeout, self.poll_max_interval),
         )
 
-    def _quick_look(self, watch: JobWatch) -> JobEvent | None:
-        """One look before deferring: edits often finish in seconds (a re-attached job may be done
-        already), and a deferral that fires at once costs a triggerer round trip. A transient
-        failure here is no reason to fail: the trigger has the patience for it."""
-        try:
-            if watch.on_status(self.hook.get_status(watch.request_id)):
-                return watch.on_result(self.hook.get_result(watch.request_id))
-        except (RunComfyTransientError, RunComfyRateLimitedError) as exc:
-            self.log.info("Status check before deferring failed (%s); the trigger will keep polling", exc)
-        return None
+    def _wait_before_defer(self) -> float:
+        return WAIT_BEFORE_DEFER_S.resolve(self.wait_before_defer)
 
-    def _reattach(self, ledger: JobLedger, work: str) -> str | None:
-        """Reuse the earlier try's request unless it failed, was cancelled or is gone."""
+    def _reattach(self, ledger: JobLedger, work: str) -> tuple[str | None, StatusResponse | None]:
+        """Reuse the earlier try's request unless it failed, was cancelled or is gone.
+
+        Returns the status it read, so the wait that follows does not ask for it again.
+        """
         request_id = ledger.recall(work)
         if request_id is None:
-            return None
+            return None, None
         try:
             status = self.hook.get_status(request_id)
         except RunComfyNotFoundError:
             self.log.warning("Earlier request %s no longer exists; submitting anew", request_id)
-            return None
+            return None, None
         if status.status.is_active or status.status is JobState.COMPLETED:
             self.log.info(
                 "Re-attaching to %s (%s) from an earlier try; not submitting again",
                 request_id,
                 status.status.value,
             )
-            return request_id
+            return request_id, status
         self.log.info("Earlier request %s ended %s; submitting anew", request_id, status.status.value)
-        return None
+        return None, None
 
     def _submit(self, request: EditRequest) -> str:
         try:
@@ -305,14 +248,13 @@ class NanoBananaEditOperator(BaseOperator):
     def _finish(self, context: Context, event: JobEvent) -> dict[str, Any]:
         self._request_id = event.request_id
         if event.status == "timeout":
-            self._cancel_quietly(event.request_id)
+            self.hook.cancel_if_queued(event.request_id)
         raise_for_event(event)
         return self._complete(context, event.request_id)
 
     def _complete(self, context: Context, request_id: str) -> dict[str, Any]:
-        # The event carries redacted URLs only; fetch the usable ones now, on the worker.
-        result = self.hook.get_result(request_id)
-        images = result.images
+        # The verdict carries no outputs: the result is fetched here, once, where it is archived.
+        images = completed_outputs(self.hook.get_result(request_id))
         archived: dict[str, Any] = {"archived": [], "manifest": None}
         if self.output_s3_uri:
             archived = self._archive(context, request_id, images, self.output_s3_uri)
@@ -335,7 +277,7 @@ class NanoBananaEditOperator(BaseOperator):
 
     def _archive(self, context: Context, request_id: str, images: list[str], dest_uri: str) -> dict[str, Any]:
         fields = self.edit_fields()
-        result = self.s3_media.archive_outputs(
+        result = self.media.archive_outputs(
             images,
             request_id=request_id,
             dest_uri=dest_uri,
@@ -365,10 +307,7 @@ class NanoBananaEditOperator(BaseOperator):
         """OpenLineage: the ``s3://`` inputs produced the archived ``s3://`` outputs."""
         return openlineage_facets(self.edit_fields()["image_urls"], self._archived)
 
-    def _cancel_quietly(self, request_id: str) -> None:
-        asyncio.run(cancel_if_queued(self.hook, request_id, log=self.log))
-
     def on_kill(self) -> None:
         """Runs for a task killed while executing on the worker (not while deferred before 3.3)."""
         if self.cancel_on_kill and self._request_id:
-            self._cancel_quietly(self._request_id)
+            self.hook.cancel_if_queued(self._request_id)

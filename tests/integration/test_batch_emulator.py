@@ -191,3 +191,25 @@ def test_killing_the_deferred_batch_cancels_its_queued_jobs(emulator, moto_s3, s
     by_state = emulator.counters()["jobs_by_state"]
     assert by_state.get("cancelled") == 3  # the queued ones
     assert by_state.get("in_progress") == 1  # RunComfy cannot cancel a running job
+
+
+async def both(first, second):
+    return await asyncio.gather(first_event(first), first_event(second))
+
+
+def test_two_copies_of_the_trigger_on_one_checkpoint_never_pay_twice(emulator, moto_s3, s3_bucket):
+    """Airflow may run one trigger in two triggerers at once (HA triggerers, a reassignment after a
+    missed heartbeat). Both copies race for every item; the S3 claims let exactly one POST each."""
+    seed_inputs(moto_s3, s3_bucket, 40)
+    emulator.configure(queue_s=0.05, run_s=0.1, max_running=16)
+    task, context = batch_operator(s3_bucket, max_in_flight=10), batch_context()
+    with pytest.raises(TaskDeferred) as deferred:
+        task.execute(context)
+    one, two = rebuilt(deferred.value.trigger), rebuilt(deferred.value.trigger)
+    events = asyncio.run(both(one, two))
+    assert [e["status"] for e in events] == ["success", "success"]
+    assert emulator.counters()["jobs_created"] == 40  # one paid job per image, not one per copy
+    result = task.execute_complete(context, events[0])
+    assert result["succeeded"] == 40
+    assert result["counts"] == {"archived": 40}
+    assert emulator.counters()["jobs_created"] == 40

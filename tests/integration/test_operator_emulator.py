@@ -76,7 +76,24 @@ def test_s3_in_s3_out_through_a_real_deferral(emulator, moto_s3, input_image, s3
     assert manifest["request_id"] == result["request_id"]
     assert "X-Amz-Signature" not in json.dumps(manifest)
     assert "sig=" not in json.dumps(manifest).replace("sig=***", "")
-    assert emulator.counters()["jobs_created"] == 1
+    counters = emulator.counters()
+    assert counters["jobs_created"] == 1
+    # A deferred edit costs 1 POST, its status polls, 1 result GET and its downloads: nothing twice.
+    assert counters["submits"] == 1
+    assert counters["result_polls"] == 1
+    assert counters["file_requests"] == 2
+
+
+def test_a_job_that_ends_while_the_worker_waits_is_finished_without_deferring(
+    emulator, input_image, s3_bucket, context
+):
+    emulator.configure(queue_s=0.2, run_s=0.3)
+    result = operator(input_image, s3_bucket, wait_before_defer=30).execute(context)  # no TaskDeferred
+    assert result["status"] == "completed"
+    counters = emulator.counters()
+    assert counters["submits"] == counters["jobs_created"] == 1
+    assert counters["status_polls"] >= 2  # it did wait on the worker
+    assert counters["result_polls"] == 1
 
 
 def test_a_retry_reattaches_and_never_pays_twice(emulator, input_image, s3_bucket, context):
@@ -88,12 +105,30 @@ def test_a_retry_reattaches_and_never_pays_twice(emulator, input_image, s3_bucke
     result = run_deferred(operator(input_image, s3_bucket), context)
     assert result["status"] == "completed"
     assert emulator.counters()["jobs_created"] == 1
+    assert emulator.counters()["result_polls"] == 1
+
+
+def test_a_retry_that_finds_its_job_done_fetches_the_result_once(emulator, input_image, s3_bucket, context):
+    emulator.configure(queue_s=0.2, run_s=0.2)
+    with pytest.raises(TaskDeferred):
+        operator(input_image, s3_bucket).execute(context)
+    polls_before = emulator.counters()["status_polls"]
+    while emulator.counters()["jobs_by_state"].get("completed") != 1:
+        asyncio.run(asyncio.sleep(0.05))
+    context["ti"] = TI()
+    result = operator(input_image, s3_bucket).execute(context)  # re-attaches, finds it done
+    assert result["status"] == "completed"
+    counters = emulator.counters()
+    assert counters["jobs_created"] == 1
+    assert counters["status_polls"] == polls_before + 1  # the re-attach's look is the only one
+    assert counters["result_polls"] == 1
 
 
 def test_non_deferrable_runs_the_same_flow_on_the_worker(emulator, input_image, s3_bucket, context):
     result = operator(input_image, s3_bucket, deferrable=False).execute(context)
     assert len(result["archived"]) == 2
     assert emulator.counters()["jobs_created"] == 1
+    assert emulator.counters()["result_polls"] == 1
 
 
 def test_a_failed_job_fails_the_task_with_the_server_message(emulator, input_image, s3_bucket, context):

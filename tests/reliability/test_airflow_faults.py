@@ -4,7 +4,12 @@ while deferred, a long outage of scheduler/triggerer. Same request id, one paid 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +31,7 @@ from tests.reliability.conftest import (
 from tests.triggering import counters, kill, until
 
 pytestmark = pytest.mark.usefixtures("airflow_connections")
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class WorkerKilled(BaseException):
@@ -132,26 +138,34 @@ def test_batch_triggerer_killed_mid_batch_resumes_with_one_job_per_item(
 def test_batch_triggerer_killed_mid_submit_never_resends_those_items(
     emulator, moto_s3, s3_bucket, batch_inputs, context, monkeypatch
 ):
-    """The triggerer dies after POSTs left but before their answers were recorded: those items may
-    exist (and be billed) at RunComfy, so they are reported, never resent."""
-    from airflow_provider_nanobanana.hooks.runcomfy import RunComfyHook
-
+    """A real SIGKILL of the process running the batch trigger, after two POSTs were answered but
+    before either answer was recorded: those items may exist (and be billed) at RunComfy, so the
+    trigger that takes over reports them, never resends them."""
+    connection = json.loads(os.environ["AIRFLOW_CONN_RUNCOMFY_DEFAULT"])
+    # A short submit deadline makes the survivor's wait for the dead writer's claims short.
+    connection["extra"].update(submit_read_timeout_s=1, connect_timeout_s=1)
+    monkeypatch.setenv("AIRFLOW_CONN_RUNCOMFY_DEFAULT", json.dumps(connection))
     deferred = defer(batch_operator(s3_bucket, batch_inputs), context)
-    real_submit = RunComfyHook.asubmit
-
-    async def submit_then_die(self: RunComfyHook, request: Any) -> Any:
-        await real_submit(self, request)
-        raise WorkerKilled  # SIGKILL between the server's answer and the checkpoint write
-
-    with monkeypatch.context() as patch:
-        patch.setattr(RunComfyHook, "asubmit", submit_then_die)
-        with pytest.raises(WorkerKilled):
-            run_trigger(rebuild(deferred.trigger))
-    interrupted = checkpoint_state(moto_s3, deferred.trigger)
-    assert interrupted is not None
-    assert interrupted.counts() == {"pending": 2, "submitting": 2}
+    _path, kwargs = deferred.trigger.serialize()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tests.reliability.batch_child", json.dumps(kwargs)],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    posted: list[str] = []
+    try:
+        for line in child.stdout:  # type: ignore[union-attr]
+            if line.startswith("POSTED "):
+                posted.append(line)
+            if len(posted) == 2:
+                break
+        assert len(posted) == 2, "the child died before two submits were answered"
+    finally:
+        child.kill()  # SIGKILL: no finally block, no drain, no save runs in the child
+        child.wait(timeout=30)
     submits_before = emulator.counters()["submits"]
-    assert submits_before >= 1
+    assert submits_before == 2
 
     event = run_trigger(rebuild(deferred.trigger))
     state = checkpoint_state(moto_s3, deferred.trigger)
@@ -165,7 +179,7 @@ def test_batch_triggerer_killed_mid_submit_never_resends_those_items(
 # -- worker killed after submit, before deferral -------------------------------------------------
 
 
-@pytest.mark.parametrize("dies_in", ["_publish", "_quick_look"])
+@pytest.mark.parametrize("dies_in", ["_publish", "_defer"])
 def test_worker_killed_after_submit_retry_reattaches(
     emulator, moto_s3, input_image, s3_bucket, context, monkeypatch, all_logs, dies_in
 ):

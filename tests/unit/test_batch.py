@@ -11,13 +11,42 @@ def state(*states):
     return BatchState(batch_id="b", model_id="m", parameters={}, items=items)
 
 
-def test_items_caught_mid_submit_are_never_resent():
-    s = state(ItemState.SUBMITTING, ItemState.ACTIVE, ItemState.PENDING)
-    lost = s.recover_interrupted_submits()
-    assert [i.id for i in lost] == ["i0"]
-    assert s.items[0].state is ItemState.SUBMIT_UNKNOWN
-    assert "not resubmitted" in s.items[0].error
-    assert s.items[0].state.is_final
+def test_a_merge_keeps_the_most_advanced_view_of_each_item():
+    mine = state(ItemState.PENDING, ItemState.ACTIVE, ItemState.PENDING)
+    theirs = mine.model_copy(deep=True)
+    mine.items[0].claims += 1
+    mine.items[0].move(ItemState.SUBMITTING)  # I claimed item 0
+    theirs.items[1].move(ItemState.COMPLETED)  # they saw item 1 finish
+    theirs.items.append(BatchItem(id="new", image_urls=["s3://b/n.png"], prompt="p"))
+    merged = mine.merged_with(theirs)
+    assert [(i.id, i.state) for i in merged.items] == [
+        ("i0", ItemState.SUBMITTING),
+        ("i1", ItemState.COMPLETED),
+        ("i2", ItemState.PENDING),
+        ("new", ItemState.PENDING),
+    ]
+    assert theirs.merged_with(mine).counts() == merged.counts()  # the same whoever merges
+
+
+def test_a_merge_never_drops_a_known_request_id_and_a_newer_generation_wins():
+    mine = state(ItemState.PENDING)
+    theirs = mine.model_copy(deep=True)
+    for view in (mine, theirs):
+        view.items[0].claims = 1
+    mine.items[0].move(ItemState.SUBMIT_UNKNOWN)  # I gave up waiting for their claim...
+    theirs.items[0].move(ItemState.ACTIVE, request_id="r1")  # ...which they had just settled
+    assert mine.merged_with(theirs).items[0].request_id == "r1"
+    newer = state(ItemState.PENDING)
+    newer.generation = 2
+    assert mine.merged_with(newer) is newer
+    assert newer.merged_with(mine) is newer
+
+
+def test_item_moves_bump_the_version_and_keep_the_request_id():
+    item = BatchItem(id="x", image_urls=["s3://b/x.png"], prompt="p")
+    item.move(ItemState.ACTIVE, request_id="r9")
+    item.move(ItemState.COMPLETED)
+    assert (item.state, item.request_id, item.version) == (ItemState.COMPLETED, "r9", 2)
 
 
 def test_summary_is_compact_and_counts_failures():

@@ -17,7 +17,7 @@ from airflow_provider_nanobanana.exceptions import (
 )
 from airflow_provider_nanobanana.operators.nano_banana import NanoBananaEditOperator
 from airflow_provider_nanobanana.triggers.runcomfy import RunComfyJobTrigger
-from tests.fakes import TI, new_context
+from tests.fakes import TI, install_clock, new_context
 
 BASE = "https://api.test"
 SUBMIT = f"{BASE}/v1/models/google/nano-banana-2/edit"
@@ -63,15 +63,22 @@ def op(**kw):
     return NanoBananaEditOperator(**{**params, **kw})
 
 
-def mock_job(rid, states, result):
+def job_routes(rid, states, result):
+    """Mocked status (answering ``states`` in turn), result and cancel routes of one job."""
     status, res, cancel = urls(rid)
-    respx.get(status).mock(
-        side_effect=[httpx.Response(200, json={"request_id": rid, "status": s}) for s in states]
+    return (
+        respx.get(status).mock(
+            side_effect=[httpx.Response(200, json={"request_id": rid, "status": s}) for s in states]
+        ),
+        respx.get(res).mock(return_value=httpx.Response(200, json={"request_id": rid, **result})),
+        respx.post(cancel).mock(
+            return_value=httpx.Response(200, json={"status": "cancelled", "outcome": "cancelled"})
+        ),
     )
-    respx.get(res).mock(return_value=httpx.Response(200, json={"request_id": rid, **result}))
-    return respx.post(cancel).mock(
-        return_value=httpx.Response(200, json={"status": "cancelled", "outcome": "cancelled"})
-    )
+
+
+def mock_job(rid, states, result):
+    return job_routes(rid, states, result)[2]
 
 
 DONE = {"status": "completed", "output": {"images": ["https://cdn.runcomfy.net/o1.png?sig=abc"]}}
@@ -95,9 +102,43 @@ def test_submits_once_publishes_the_id_and_defers(context):
 
 
 @respx.mock
+def test_a_job_that_ends_while_the_worker_waits_never_defers(context, monkeypatch):
+    clock = install_clock(monkeypatch)
+    respx.post(SUBMIT).mock(return_value=httpx.Response(200, json={"request_id": "r2"}))
+    status, result, _ = job_routes("r2", ["in_queue", "in_progress", "in_progress", "completed"], DONE)
+    returned = op(wait_before_defer=20, poll_interval=2, poll_max_interval=2).execute(context)
+    assert returned["status"] == "completed"
+    assert status.call_count == 4  # status polls at 0, 2, 4 and 6 s (clock seconds)
+    assert sum(clock.sleeps) == pytest.approx(6, rel=0.25)  # jittered 2 s waits
+    assert result.call_count == 1  # the result is fetched once
+
+
+@respx.mock
+def test_a_job_still_running_after_the_wait_defers_with_a_held_release(context, monkeypatch):
+    clock = install_clock(monkeypatch)
+    respx.post(SUBMIT).mock(return_value=httpx.Response(200, json={"request_id": "r2b"}))
+    mock_job("r2b", ["in_queue"] * 10, DONE)
+    with pytest.raises(TaskDeferred) as deferred:
+        op(wait_before_defer=5, min_deferral=12, poll_interval=1, poll_max_interval=1).execute(context)
+    assert clock.now - 1_800_000_000.0 == pytest.approx(5)
+    assert deferred.value.trigger.release_not_before_epoch_s == pytest.approx(clock.now + 12)
+
+
+def test_the_defer_race_guards_come_from_the_nanobanana_section(monkeypatch):
+    monkeypatch.setenv("AIRFLOW__NANOBANANA__WAIT_BEFORE_DEFER_S", "7")
+    monkeypatch.setenv("AIRFLOW__NANOBANANA__MIN_DEFERRAL_S", "11")
+    assert op()._wait_before_defer() == 7
+    assert op().min_deferral_s() == 11
+    assert op(wait_before_defer=0, min_deferral=3).min_deferral_s() == 3
+    for bad in (-1, float("nan"), float("inf"), "5", True):
+        with pytest.raises(ValueError, match="min_deferral"):
+            op(min_deferral=bad)
+
+
+@respx.mock
 def test_a_job_already_done_is_finished_without_deferring(context):
     respx.post(SUBMIT).mock(return_value=httpx.Response(200, json={"request_id": "r2"}))
-    mock_job("r2", ["completed"], DONE)
+    _, result_route, _ = job_routes("r2", ["completed"], DONE)
     result = op().execute(context)
     assert result == {
         "request_id": "r2",
@@ -108,6 +149,20 @@ def test_a_job_already_done_is_finished_without_deferring(context):
         "manifest": None,
     }
     assert "runcomfy_request" not in context["task_state_store"]  # forgotten after success
+    assert result_route.call_count == 1  # one result fetch, to archive
+
+
+@respx.mock
+def test_a_retry_that_finds_its_job_done_reads_status_and_result_once_each(context):
+    submit = respx.post(SUBMIT).mock(return_value=httpx.Response(200, json={"request_id": "r2c"}))
+    status, result, _ = job_routes("r2c", ["in_queue", "completed"], DONE)
+    with pytest.raises(TaskDeferred):
+        op().execute(context)
+    context["ti"] = TI()
+    assert op().execute(context)["request_id"] == "r2c"
+    assert submit.call_count == 1
+    assert status.call_count == 2  # one look per try: the re-attach's look is the wait's
+    assert result.call_count == 1
 
 
 @respx.mock
@@ -220,7 +275,8 @@ def test_non_deferrable_waits_in_place_with_the_same_policy(context):
 
 
 def test_bad_timing_parameters_are_refused_at_parse_time():
-    with pytest.raises(ValueError, match="timeout"):
-        op(timeout=0)
+    for bad in (0, -5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="timeout"):
+            op(timeout=bad)
     with pytest.raises(ValueError, match="poll_interval"):
         op(poll_interval=0)

@@ -1,0 +1,117 @@
+"""What both edit operators share: the model's parameters, the connections, polling and deferral.
+
+:class:`~airflow_provider_nanobanana.operators.nano_banana.NanoBananaEditOperator` (one edit per
+task) and :class:`~airflow_provider_nanobanana.batch.operator.NanoBananaBatchEditOperator` (many per
+task) declare these once, here, so a new model parameter or a new limit reaches both.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator
+
+from airflow_provider_nanobanana.config import MIN_DEFERRAL_S
+from airflow_provider_nanobanana.hooks.runcomfy import RunComfyHook
+from airflow_provider_nanobanana.models import DEFAULT_MODEL_ID, MODEL_PARAMETERS
+from airflow_provider_nanobanana.outcome import check_seconds
+from airflow_provider_nanobanana.polling import PollPolicy
+
+if TYPE_CHECKING:
+    from airflow_provider_nanobanana.media.hook import S3MediaHook
+
+
+class NanoBananaBaseOperator(BaseOperator):
+    """The model's tuning knobs and the settings every edit needs.
+
+    Model inputs mirror the API: ``num_images`` (1-4), ``seed``, ``aspect_ratio``, ``resolution``,
+    ``output_format``, ``safety_tolerance`` (1-6), ``limit_generations``, ``enable_web_search``; they
+    are validated, with every bad field named, before anything is sent.
+
+    :param prompt: the edit instruction (templated).
+    :param model_id: RunComfy model to submit to; the inputs above are this model's schema.
+    :param runcomfy_conn_id: ``runcomfy`` connection (password = API token).
+    :param aws_conn_id: AWS connection for ``s3://`` inputs and the output prefix.
+    :param poll_interval: seconds before a job's first status poll; later polls back off to
+        ``poll_max_interval``.
+    :param poll_max_interval: longest wait between two polls of one job, in seconds.
+    :param timeout: seconds to wait before giving up (queued jobs are then cancelled).
+    :param presign_expiry: lifetime (s) of pre-signed input URLs; must outlive the queue wait.
+    :param min_deferral: seconds after deferring before the trigger may fire, so a job that ends
+        just after the task deferred cannot hit Airflow's defer-exit race (``None``: ``[nanobanana]
+        min_deferral_s``, default 15). See docs/reliability.md.
+    """
+
+    def __init__(
+        self,
+        *,
+        prompt: str,
+        timeout: float,
+        num_images: int = 1,
+        seed: int = 0,
+        aspect_ratio: str = "auto",
+        resolution: str = "1K",
+        output_format: str = "png",
+        safety_tolerance: int = 4,
+        limit_generations: bool = True,
+        enable_web_search: bool = False,
+        model_id: str = DEFAULT_MODEL_ID,
+        runcomfy_conn_id: str = RunComfyHook.default_conn_name,
+        aws_conn_id: str | None = "aws_default",
+        poll_interval: float = 2.0,
+        poll_max_interval: float = 30.0,
+        presign_expiry: int = 6 * 3600,
+        min_deferral: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.prompt = prompt
+        self.num_images = num_images
+        self.seed = seed
+        self.aspect_ratio = aspect_ratio
+        self.resolution = resolution
+        self.output_format = output_format
+        self.safety_tolerance = safety_tolerance
+        self.limit_generations = limit_generations
+        self.enable_web_search = enable_web_search
+        self.model_id = model_id
+        self.runcomfy_conn_id = runcomfy_conn_id
+        self.aws_conn_id = aws_conn_id
+        self.poll_interval = poll_interval
+        self.poll_max_interval = poll_max_interval
+        self.presign_expiry = presign_expiry
+        self.min_deferral = check_seconds("min_deferral", min_deferral)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout):
+            raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
+        if timeout <= 0:
+            raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
+        self.timeout = float(timeout)
+        PollPolicy.between(poll_interval, poll_max_interval)
+
+    def model_parameters(self) -> dict[str, Any]:
+        """Every model input but the prompt and the images, as the API names them."""
+        return {name: getattr(self, name) for name in MODEL_PARAMETERS}
+
+    @property
+    def policy(self) -> PollPolicy:
+        return PollPolicy.between(self.poll_interval, self.poll_max_interval)
+
+    @cached_property
+    def hook(self) -> RunComfyHook:
+        return RunComfyHook(self.runcomfy_conn_id, model_id=self.model_id)
+
+    @cached_property
+    def media(self) -> S3MediaHook:
+        from airflow_provider_nanobanana.media.hook import S3MediaHook
+
+        return S3MediaHook(
+            self.aws_conn_id,
+            presign_expiry_s=self.presign_expiry,
+            allowed_output_hosts=self.hook.settings.allowed_output_hosts,
+        )
+
+    def min_deferral_s(self) -> float:
+        """The hold of this task's trigger, read on the worker where ``[nanobanana]`` applies."""
+        return MIN_DEFERRAL_S.resolve(self.min_deferral)
