@@ -53,14 +53,28 @@ def docstring_params(obj: object) -> dict[str, str]:
     return params
 
 
+def provider_classes(cls: type) -> list[type]:
+    """``cls`` and the provider's own base classes it inherits parameters from, nearest first."""
+    return [c for c in cls.__mro__ if c.__module__.startswith("airflow_provider_nanobanana.")]
+
+
 def init_parameters(cls: type) -> list[inspect.Parameter]:
-    """The keyword parameters of ``cls.__init__`` (without ``self`` and ``**kwargs``)."""
-    signature = inspect.signature(cls.__init__)  # type: ignore[misc]
-    return [
-        p
-        for p in signature.parameters.values()
-        if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
-    ]
+    """The keyword parameters of ``cls.__init__`` and of the provider's base classes' (without
+    ``self`` and ``**kwargs``); a subclass's own parameter wins over a base's of the same name."""
+    seen: dict[str, inspect.Parameter] = {}
+    for klass in provider_classes(cls):
+        for p in inspect.signature(klass.__init__).parameters.values():  # type: ignore[misc]
+            if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                seen.setdefault(p.name, p)
+    return list(seen.values())
+
+
+def all_docstring_params(cls: type) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for klass in provider_classes(cls):
+        for name, text in docstring_params(klass).items():
+            params.setdefault(name, text)
+    return params
 
 
 def model_input_text(name: str) -> str:
@@ -106,7 +120,7 @@ def _default(param: inspect.Parameter) -> str:
 
 
 def operator_section(cls: type) -> list[str]:
-    docs = docstring_params(cls)
+    docs = all_docstring_params(cls)
     templated = set(getattr(cls, "template_fields", ()))
     summary = inspect.cleandoc(cls.__doc__ or "").split("\n\n", 1)[0].replace("\n", " ")
     lines = [
@@ -127,7 +141,7 @@ def operator_section(cls: type) -> list[str]:
             f"| `{param.name}` | {_annotation(param)} | {_default(param)} | "
             f"{'yes' if param.name in templated else ''} | {_cell(text)} |"
         )
-    base = cls.__mro__[1].__name__
+    base = next(c for c in cls.__mro__[1:] if c not in provider_classes(cls)).__name__
     lines += ["", f"Other keyword arguments go to `{base}` (`task_id`, `retries`, `pool`, ...).", ""]
     return lines
 

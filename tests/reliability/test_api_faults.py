@@ -141,7 +141,7 @@ def test_lost_submit_response_never_pays_twice(emulator, input_image, s3_bucket,
 
 
 def test_read_timeout_on_submit_is_not_resubmitted(emulator, make_conn, input_image, s3_bucket, context):
-    conn = make_conn("runcomfy_impatient", read_timeout_s=0.3)
+    conn = make_conn("runcomfy_impatient", submit_read_timeout_s=0.3)
     emulator.set_faults(endpoints=["submit"], latency_s=1.0)
     with pytest.raises(AirflowFailException, match=r"ReadTimeout.*not resubmitted"):
         edit_operator(input_image, s3_bucket, runcomfy_conn_id=conn).execute(context)
