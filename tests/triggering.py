@@ -17,7 +17,8 @@ async def counters(emulator: Any) -> dict[str, Any]:
 async def until(check: Any, timeout_s: float = 10.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not await check():
-        assert time.monotonic() < deadline, "condition not reached"
+        if time.monotonic() >= deadline:
+            pytest.fail(f"condition not reached within {timeout_s} s")
         await asyncio.sleep(0.02)
 
 

@@ -184,9 +184,13 @@ def test_completed_result_shape_and_cost(api: Api) -> None:
 
 @pytest.mark.emulator(queue_s=5.0, run_s=5.0, time_scale=50.0)
 def test_time_scale_accelerates_the_clock(api: Api) -> None:
-    started = time.monotonic()
-    api.wait(api.submit_id(), JobState.COMPLETED, timeout_s=3)
-    assert time.monotonic() - started < 1.5
+    request_id = api.submit_id()
+    api.wait(request_id, JobState.COMPLETED, timeout_s=3)  # 10 emulated seconds, well under 3 real
+    result = api.result(request_id)
+    from datetime import datetime
+
+    elapsed = datetime.fromisoformat(result["finished_at"]) - datetime.fromisoformat(result["created_at"])
+    assert elapsed.total_seconds() == pytest.approx(10.0, abs=0.5)  # on the emulated clock
 
 
 # --- outputs -----------------------------------------------------------------------------------
@@ -256,7 +260,9 @@ def test_output_urls_are_signed_and_expire_after_the_ttl(api: Api) -> None:
     result = api.wait(api.submit_id(resolution="0.5K"), JobState.COMPLETED)
     url = result["output"]["images"][0]
     query = parse_qs(urlsplit(url).query)
-    assert abs(int(query["expires"][0]) - (time.time() + 3600)) < 10
+    signed_until = int(query["expires"][0]) - 3600  # when the URL was signed, on the server's clock
+    now = time.time()
+    assert now - 60 <= signed_until <= now + 1
     assert api.download(url).status_code == 200
     for tampered in (url.replace("sig=", "sig=0"), url.replace("expires=", "expires=9"), url.split("?")[0]):
         response = api.download(tampered)
@@ -431,17 +437,13 @@ def test_html_error_page(api: Api) -> None:
 def test_latency_and_slow_bodies(api: Api) -> None:
     request_id = api.submit_id()
     api.emu.set_faults(latency_s=0.3)
-    started = time.monotonic()
     assert api.status(request_id)["request_id"] == request_id
-    assert time.monotonic() - started >= 0.3
     api.emu.set_faults(slow_body_s=0.4)
-    started = time.monotonic()
     with api.http.stream("GET", f"/v1/requests/{request_id}/status") as response:
-        first_byte_s = time.monotonic() - started
-        body = json.loads(response.read())
-    assert body["request_id"] == request_id
-    assert first_byte_s < 0.3  # headers arrive at once, the body trickles
-    assert time.monotonic() - started >= 0.4
+        assert response.status_code == 200  # the headers came before the body
+        pieces = list(response.iter_raw())
+    assert json.loads(b"".join(pieces))["request_id"] == request_id
+    assert len(pieces) > 1  # the body trickled in pieces (how long it took is the emulator's clock)
     assert api.emu.counters()["faults_injected"] == {"latency": 1, "slow_body": 1}
 
 

@@ -47,7 +47,8 @@ def wait_for(predicate: Any, timeout_s: float = 10.0) -> None:
     """Wait for a condition the test drives (never a fixed sleep)."""
     deadline = time.monotonic() + timeout_s
     while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
+        if time.monotonic() >= deadline:
+            pytest.fail(f"condition not reached within {timeout_s} s")
         time.sleep(0.02)
 
 
@@ -77,14 +78,15 @@ def test_429_on_every_submit_fails_clearly_without_any_job(emulator, input_image
     assert "runcomfy_request_id" not in context["ti"].xcom
 
 
-def test_retry_after_is_honoured_between_status_retries(emulator, airflow_connections):
+def test_retry_after_is_honoured_between_status_retries(emulator, airflow_connections, monkeypatch):
     hook = RunComfyHook("runcomfy_default", max_retries=2, retry_max_wait_s=5.0)
     rid = hook.submit(EditRequest.build(prompt="x", image_urls=["https://example.com/a.png"])).request_id
     emulator.set_faults(endpoints=["status"], rate_429=1.0, retry_after_s=0.3)
-    started = time.monotonic()
+    waits: list[float] = []
+    monkeypatch.setattr(time, "sleep", waits.append)  # tenacity's sleep: the waits, not wall time
     with pytest.raises(RunComfyRateLimitedError) as info:
         hook.get_status(rid)
-    assert time.monotonic() - started >= 0.6  # two waits of Retry-After
+    assert waits == [pytest.approx(0.3), pytest.approx(0.3)]  # two waits of exactly Retry-After
     assert info.value.retry_after_s == pytest.approx(0.3)
     assert emulator.counters()["status_polls"] == 3
 

@@ -18,38 +18,53 @@ from tests.reliability.conftest import edit_operator
 pytestmark = pytest.mark.usefixtures("airflow_connections")
 
 OK = "https://images.example.com/cat.png"
-CASES: list[tuple[str, dict[str, Any], str]] = [
-    ("empty-prompt", {"prompt": ""}, "prompt"),
-    ("blank-prompt", {"prompt": "   \n"}, "prompt"),
-    ("absurd-prompt", {"prompt": "x" * 1_000_000}, "prompt"),
-    ("no-images", {"image_urls": []}, "image_urls"),
-    ("21-images", {"image_urls": [OK] * 21}, "image_urls"),
-    ("not-a-url", {"image_urls": ["cat.png please"]}, "image_urls"),
-    ("ftp-url", {"image_urls": ["ftp://images.example.com/cat.png"]}, "image_urls"),
-    ("javascript-url", {"image_urls": ["javascript:alert(1)"]}, "image_urls"),
-    ("file-url-without-staging", {"image_urls": ["file:///etc/passwd"]}, "image_urls"),
-    ("missing-s3-input", {"image_urls": ["s3://no-such-bucket-here/cat.png"]}, "image_urls"),
-    ("wrong-aspect-ratio", {"aspect_ratio": "7:3"}, "aspect_ratio"),
-    ("wrong-resolution", {"resolution": "8K"}, "resolution"),
-    ("wrong-output-format", {"output_format": "gif"}, "output_format"),
-    ("zero-images-out", {"num_images": 0}, "num_images"),
-    ("five-images-out", {"num_images": 5}, "num_images"),
-    ("negative-seed", {"seed": -1}, "seed"),
-    ("huge-seed", {"seed": 2**40}, "seed"),
-    ("safety-too-low", {"safety_tolerance": 0}, "safety_tolerance"),
-    ("safety-too-high", {"safety_tolerance": 7}, "safety_tolerance"),
-    ("num-images-as-string", {"num_images": "2"}, "num_images"),
-    ("seed-as-float", {"seed": 1.5}, "seed"),
-    ("bool-as-string", {"limit_generations": "true"}, "limit_generations"),
-    ("image-urls-rendered-as-string", {"image_urls": str([OK, OK])}, "image_urls"),
-    ("image-url-not-a-string", {"image_urls": [{"url": OK}]}, "image_urls"),
+#: (id, changes, the field the message must name, the reason it must give)
+CASES: list[tuple[str, dict[str, Any], str, str]] = [
+    ("empty-prompt", {"prompt": ""}, "prompt", "at least 1 character"),
+    ("blank-prompt", {"prompt": "   \n"}, "prompt", "not only whitespace"),
+    ("absurd-prompt", {"prompt": "x" * 1_000_000}, "prompt", "at most 10000"),
+    ("no-images", {"image_urls": []}, "image_urls", "at least 1 item"),
+    ("21-images", {"image_urls": [OK] * 21}, "image_urls", "at most 20 items"),
+    ("not-a-url", {"image_urls": ["cat.png please"]}, "image_urls", "'cat.png please' must be an absolute"),
+    (
+        "ftp-url",
+        {"image_urls": ["ftp://images.example.com/cat.png"]},
+        "image_urls",
+        "'ftp://images.example.com/cat.png' must be",
+    ),
+    (
+        "javascript-url",
+        {"image_urls": ["javascript:alert(1)"]},
+        "image_urls",
+        "'javascript:alert(1)' must be",
+    ),
+    ("file-url-without-staging", {"image_urls": ["file:///etc/passwd"]}, "image_urls", "file:///etc/passwd"),
+    (
+        "missing-s3-input",
+        {"image_urls": ["s3://no-such-bucket-here/cat.png"]},
+        "image_urls",
+        "does not exist",
+    ),
+    ("wrong-aspect-ratio", {"aspect_ratio": "7:3"}, "aspect_ratio", "'21:9'"),
+    ("wrong-resolution", {"resolution": "8K"}, "resolution", "'4K'"),
+    ("wrong-output-format", {"output_format": "gif"}, "output_format", "'webp'"),
+    ("zero-images-out", {"num_images": 0}, "num_images", "greater than or equal to 1"),
+    ("five-images-out", {"num_images": 5}, "num_images", "less than or equal to 4"),
+    ("negative-seed", {"seed": -1}, "seed", "greater than or equal to 0"),
+    ("huge-seed", {"seed": 2**40}, "seed", "less than or equal to 4294967295"),
+    ("safety-too-low", {"safety_tolerance": 0}, "safety_tolerance", "greater than or equal to 1"),
+    ("safety-too-high", {"safety_tolerance": 7}, "safety_tolerance", "less than or equal to 6"),
+    ("num-images-as-string", {"num_images": "2"}, "num_images", "valid integer"),
+    ("seed-as-float", {"seed": 1.5}, "seed", "valid integer"),
+    ("bool-as-string", {"limit_generations": "true"}, "limit_generations", "valid boolean"),
+    ("image-urls-rendered-as-string", {"image_urls": str([OK, OK])}, "image_urls", "must be an absolute"),
+    ("image-url-not-a-string", {"image_urls": [{"url": OK}]}, "image_urls", "valid string"),
 ]
 
 
-@pytest.mark.parametrize(("changes", "field"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input_is_refused_before_any_network_call(emulator, context, changes, field):
-    params: dict[str, Any] = {"image_urls": [OK], **changes}
-    op = edit_operator(params.pop("image_urls"), None, **params)
+@pytest.mark.parametrize(("changes", "field", "reason"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_refused_before_any_network_call(emulator, context, changes, field, reason):
+    op = edit_operator(OK, None, **changes)  # a change to image_urls replaces the good list whole
     with respx.mock(assert_all_mocked=True, assert_all_called=False) as net:
         op.hook.settings  # noqa: B018 - the connection is read from the environment, not the network
         with pytest.raises(InvalidEditRequestError) as info:
@@ -57,6 +72,7 @@ def test_bad_input_is_refused_before_any_network_call(emulator, context, changes
         assert net.calls.call_count == 0
     message = str(info.value)
     assert field in message
+    assert reason in message  # refused for the reason the case names, not another one
     assert len(message) < 2_000  # an absurd value is quoted, not echoed in full
     counters = emulator.counters()
     assert (counters["submits"], counters["status_polls"], counters["jobs_created"]) == (0, 0, 0)
@@ -107,3 +123,24 @@ def test_bad_batch_item_fails_the_whole_batch_before_any_submit(emulator, s3_buc
 def test_invalid_model_id_cannot_reach_another_endpoint(emulator):
     with pytest.raises(ValueError, match="model_id"):
         edit_operator(OK, None, model_id="google/../../v1/requests/x/cancel").hook  # noqa: B018
+
+
+@pytest.mark.parametrize("bucket", ["Bucket_Name", "a..b", "192.168.1.1", "xn--edits"])
+@pytest.mark.parametrize("where", ["output_s3_uri", "staging_s3_uri", "image_urls"])
+def test_bucket_names_s3_would_refuse_fail_before_anything_is_paid_for(emulator, context, bucket, where):
+    changes: dict[str, Any] = {where: f"s3://{bucket}/prefix/"}
+    if where == "image_urls":
+        changes[where] = [f"s3://{bucket}/cat.png"]
+    with pytest.raises(InvalidEditRequestError, match="valid S3 bucket"):
+        edit_operator(OK, None, **changes).execute(context)
+    assert emulator.counters()["submits"] == 0
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0, 0])
+def test_timeouts_the_clock_cannot_keep_are_refused_at_parse_time(value):
+    with pytest.raises(ValueError, match="timeout"):
+        edit_operator(OK, None, timeout=value)
+    with pytest.raises(ValueError, match="timeout"):
+        NanoBananaBatchEditOperator(
+            task_id="b", prompt="p", items=[OK], output_s3_uri="s3://abc/x/", timeout=value
+        )

@@ -8,7 +8,6 @@ import json
 import logging
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 
 import pytest
@@ -260,7 +259,6 @@ def test_every_client_factory_installs_the_filter() -> None:
     ["x" * 1_000_000, "https" * 200_000, "?a" * 300_000, "Bearer " * 100_000, "a://" * 200_000],
     ids=["one-long-word", "scheme-like-word", "many-question-marks", "many-bearers", "many-schemes"],
 )
+@pytest.mark.timeout(20)  # a backtracking pattern would take hours on these; linear ones, milliseconds
 def test_long_text_takes_linear_time(text: str) -> None:
-    started = time.perf_counter()
-    redact_text(text)
-    assert time.perf_counter() - started < 2.0
+    assert len(redact_text(text)) >= len(text) // 2

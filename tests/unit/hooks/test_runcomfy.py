@@ -145,17 +145,19 @@ def test_retries_are_bounded(hook):
 
 
 @respx.mock
-def test_retry_after_is_honoured():
+@pytest.mark.parametrize(("header", "expected"), [("0.4", 0.4), ("3", 3.0), ("120", 5.0)])
+def test_retry_after_is_honoured_up_to_the_wait_cap(monkeypatch, header, expected):
     hook = RunComfyHook(token=TOKEN, base_url=BASE, retry_max_wait_s=5, max_retries=1)
     respx.get(STATUS).mock(
         side_effect=[
-            httpx.Response(429, headers={"Retry-After": "0.4"}),
+            httpx.Response(429, headers={"Retry-After": header}),
             httpx.Response(200, json={"status": "in_queue"}),
         ]
     )
-    started = time.monotonic()
+    waits: list[float] = []
+    monkeypatch.setattr(time, "sleep", waits.append)  # tenacity sleeps through time.sleep
     hook.get_status(RID)
-    assert time.monotonic() - started >= 0.4
+    assert waits == [pytest.approx(expected)]
 
 
 @respx.mock
@@ -331,3 +333,13 @@ def test_test_connection_tells_bad_token_from_unreachable_and_never_submits(hook
     assert not ok
     assert "Cannot reach" in message
     assert submit.call_count == 0
+
+
+def test_a_token_given_directly_is_registered_with_the_secrets_masker(monkeypatch):
+    """A connection's password is masked by Airflow's lookup; a token handed over directly is not,
+    unless the hook registers it."""
+    masked: list[str] = []
+    monkeypatch.setattr("airflow_provider_nanobanana.hooks.runcomfy.mask_secret", masked.append)
+    RunComfyHook(token="direct-token-1", base_url=BASE)
+    RunComfyHook(settings=RunComfySettings(token="direct-token-2", base_url=BASE))
+    assert masked == ["direct-token-1", "direct-token-2"]
