@@ -36,7 +36,12 @@ MAX_FIELD_CHARS = 128
 
 _UNSAFE_FIELD_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
-_BUCKET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]$")
+#: S3's naming rules (general purpose buckets): checked up front, because a name S3 refuses would
+#: otherwise only fail when the outputs of a paid job are being archived.
+_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_IP_ADDRESS = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
+_RESERVED_BUCKET_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
+_RESERVED_BUCKET_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
 
 
 # --- S3 URIs -------------------------------------------------------------------------------------
@@ -55,9 +60,28 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
             f"{redact_url(str(uri))!r} is not an s3:// URI{hint}; expected s3://bucket/key"
         )
     bucket, _, key = uri[len("s3://") :].partition("/")
-    if not _BUCKET_NAME.match(bucket):
-        raise InvalidEditRequestError(f"{uri!r} does not name a valid S3 bucket (3-63 of a-z, 0-9, '.', '-')")
+    if problem := bucket_name_problem(bucket):
+        raise InvalidEditRequestError(f"{redact_url(uri)!r} does not name a valid S3 bucket: {problem}")
     return bucket, key
+
+
+def bucket_name_problem(bucket: str) -> str | None:
+    """Why S3 would refuse ``bucket`` as a bucket name, or None."""
+    if not _BUCKET_NAME.match(bucket):
+        return "3-63 characters of a-z, 0-9, '.' and '-', starting and ending with a letter or digit"
+    if ".." in bucket or ".-" in bucket or "-." in bucket:
+        return "no '..', '.-' or '-.'"
+    if _IP_ADDRESS.match(bucket):
+        return "not shaped like an IP address"
+    if bucket.startswith(_RESERVED_BUCKET_PREFIXES) or bucket.endswith(_RESERVED_BUCKET_SUFFIXES):
+        return (
+            "prefixes "
+            + ", ".join(_RESERVED_BUCKET_PREFIXES)
+            + " and suffixes "
+            + ", ".join(_RESERVED_BUCKET_SUFFIXES)
+            + " are reserved by S3"
+        )
+    return None
 
 
 def s3_uri(bucket: str, key: str) -> str:

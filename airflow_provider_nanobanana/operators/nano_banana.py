@@ -31,6 +31,7 @@ from airflow_provider_nanobanana.media.keys import (
     DEFAULT_KEY_TEMPLATE,
     check_destination,
     fields_from_context,
+    parse_s3_prefix,
 )
 from airflow_provider_nanobanana.models import (
     EditRequest,
@@ -141,6 +142,8 @@ class NanoBananaEditOperator(NanoBananaBaseOperator):
         EditRequest.build(
             **fields, allow_insecure_inputs=self.hook.settings.allow_insecure_inputs, allow_unresolved=True
         )
+        if self.staging_s3_uri:
+            parse_s3_prefix(self.staging_s3_uri, what="staging_s3_uri")
         return fields
 
     # -- execution --------------------------------------------------------------------------------

@@ -40,8 +40,9 @@ CONF = {
     "output_prefix": "out/",
     "prompt": "Make it look like a pencil sketch",
 }
-#: One job at a time with a queue delay: three jobs take at least 2 + 3 x 2 s, so tasks must defer.
-EMULATOR_ARGS = ["--max-running", "1", "--queue-s", "2", "--run-s", "2"]
+#: One job at a time with a queue delay: the first job ends (at ~8 s) while its worker still
+#: watches (``wait_before_defer_s``, 10 s by default), the others outlast that wait and must defer.
+EMULATOR_ARGS = ["--max-running", "1", "--queue-s", "2", "--run-s", "6"]
 ACTIVE_JOB_STATES = {"in_queue", "in_progress"}
 RUN_TIMEOUT_S = 240.0
 

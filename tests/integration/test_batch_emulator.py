@@ -213,3 +213,14 @@ def test_two_copies_of_the_trigger_on_one_checkpoint_never_pay_twice(emulator, m
     assert result["succeeded"] == 40
     assert result["counts"] == {"archived": 40}
     assert emulator.counters()["jobs_created"] == 40
+
+
+def test_max_in_flight_is_reached_and_never_exceeded(emulator, moto_s3, s3_bucket):
+    """Jobs that outlive several submit rounds: a trigger that ignored what is in flight would flood."""
+    seed_inputs(moto_s3, s3_bucket, 24)
+    emulator.configure(queue_s=0.0, run_s=1.0, max_running=100)
+    result = run_batch(batch_operator(s3_bucket, max_in_flight=5), batch_context())
+    assert result["succeeded"] == 24
+    counters = emulator.counters()
+    assert counters["jobs_created"] == 24
+    assert counters["peak_active"] == 5  # the cap was reached (so an excess would show) and held

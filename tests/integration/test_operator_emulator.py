@@ -177,3 +177,24 @@ def test_archived_outputs_are_an_asset_event_and_openlineage_datasets(
 
 def test_a_templated_output_prefix_declares_no_asset(input_image, s3_bucket):
     assert operator(input_image, s3_bucket, output_s3_uri="{{ params.out }}").outlets == []
+
+
+def test_on_kill_cancels_a_queued_job_and_leaves_a_running_one(emulator, input_image, s3_bucket, context):
+    emulator.configure(max_running=0)  # stays queued
+    queued = operator(input_image, s3_bucket)
+    with pytest.raises(TaskDeferred):
+        queued.execute(context)
+    queued.on_kill()
+    assert emulator.counters()["cancels"] == 1
+    assert emulator.counters()["jobs_by_state"].get("cancelled") == 1
+
+    emulator.configure(max_running=4, queue_s=0.0, run_s=30.0)  # starts at once, runs long
+    running, context2 = operator(input_image, s3_bucket), new_context()
+    with pytest.raises(TaskDeferred):
+        running.execute(context2)
+    while emulator.counters()["jobs_by_state"].get("in_progress") != 1:
+        asyncio.run(asyncio.sleep(0.05))
+    running.on_kill()  # RunComfy cannot cancel a running job: not even asked
+    assert emulator.counters()["cancels"] == 1
+    operator(input_image, s3_bucket, cancel_on_kill=False).on_kill()  # nothing submitted: no call
+    assert emulator.counters()["cancels"] == 1

@@ -243,10 +243,12 @@ def test_on_kill_with_the_api_down_is_bounded_and_never_raises(emulator, input_i
     emulator.configure(max_running=0)
     deferred = defer(edit_operator(input_image, s3_bucket), context)
     emulator.set_faults(endpoints=["status", "cancel"], rate_5xx=1.0, status_5xx=503)
-    started = time.monotonic()
-    asyncio.run(rebuild(deferred.trigger).on_kill())
-    assert time.monotonic() - started < 10.0
-    assert emulator.counters()["jobs_by_state"]["in_queue"] == 1
+    polls = emulator.counters()["status_polls"]
+    asyncio.run(rebuild(deferred.trigger).on_kill())  # returns; raises nothing
+    c = emulator.counters()
+    assert c["status_polls"] - polls <= 5  # bounded: the hook's retries, then it gives up
+    assert c["cancels"] == 0
+    assert c["jobs_by_state"]["in_queue"] == 1
 
 
 # -- scheduler / triggerer outage: the deadline is an epoch in the trigger row --------------------

@@ -163,3 +163,35 @@ def test_check_destination_refuses_what_could_not_hold_the_outputs() -> None:
         check_destination("s3://bkt/out/", "{dag_id}/{request_id}.{ext}", fields, outputs=2)
     with pytest.raises(InvalidEditRequestError, match=r"s3_key_template: unknown field \{nope\}"):
         check_destination("s3://bkt/out/", "{nope}/{index}.{ext}", fields)
+
+
+@pytest.mark.parametrize(
+    "bucket",
+    [
+        "Bucket_Name",
+        "MyBucket",
+        "a..b",
+        "a.-b",
+        "a-.b",
+        "192.168.0.1",
+        "xn--bucket",
+        "sthree-bucket",
+        "amzn-s3-demo-bucket",
+        "bucket-s3alias",
+        "bucket--ol-s3",
+        "bucket.mrap",
+        "bucket--x-s3",
+        "-bucket",
+        "bucket-",
+        "ab",
+        "a" * 64,
+    ],
+)
+def test_bucket_names_s3_refuses_are_refused_here(bucket: str) -> None:
+    with pytest.raises(InvalidEditRequestError, match="valid S3 bucket"):
+        parse_s3_uri(f"s3://{bucket}/key.png")
+
+
+@pytest.mark.parametrize("bucket", ["abc", "my-bucket", "my.bucket.v2", "a" * 63, "123bucket"])
+def test_valid_bucket_names_pass(bucket: str) -> None:
+    assert parse_s3_uri(f"s3://{bucket}/k") == (bucket, "k")

@@ -213,3 +213,28 @@ async def test_cleanup_never_cancels():
     cancel = respx.post(CANCEL)
     await trigger().cleanup()
     assert cancel.call_count == 0
+
+
+@respx.mock
+async def test_every_trigger_on_a_loop_shares_one_poll_budget(monkeypatch):
+    """The budget protects the triggerer's loop only if it is per process, not per trigger."""
+    import asyncio
+
+    from airflow_provider_nanobanana.polling import PollBudget
+
+    used: set[int] = set()
+    real_slot = PollBudget.slot
+
+    def recording_slot(self):
+        used.add(id(self))
+        return real_slot(self)
+
+    monkeypatch.setattr(PollBudget, "slot", recording_slot)
+    respx.get(url__regex=r".*/status$").mock(
+        side_effect=[httpx.Response(200, json={"status": "in_queue"})] * 4
+        + [httpx.Response(200, json={"status": "completed"})] * 4
+    )
+    triggers = [RunComfyJobTrigger(request_id=f"r{n}", deadline_epoch_s=time.time() + 60) for n in range(4)]
+    events = await asyncio.gather(*(events_of(t) for t in triggers))
+    assert [e[0]["status"] for e in events] == ["success"] * 4
+    assert len(used) == 1
