@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from airflow_provider_nanobanana import __version__
+from airflow_provider_nanobanana.bodies import ACCEPT_ENCODING, BodyRefused, BoundedDecoder, decoded_chunks
 from airflow_provider_nanobanana.exceptions import ArchiveError
 from airflow_provider_nanobanana.media.content import SNIFF_BYTES, extension_for, resolve_content_type
 from airflow_provider_nanobanana.media.errors import (
@@ -134,7 +135,10 @@ class OutputArchiver:
         return httpx.Client(
             timeout=httpx.Timeout(self.http_timeout_s),
             follow_redirects=False,
-            headers={"User-Agent": f"airflow-provider-nanobanana/{__version__}"},
+            headers={
+                "User-Agent": f"airflow-provider-nanobanana/{__version__}",
+                "Accept-Encoding": ACCEPT_ENCODING,
+            },
         )
 
     def _archive_all(self, job: ArchiveJob) -> tuple[list[ArchivedOutput], list[MissingOutput]]:
@@ -181,7 +185,13 @@ class OutputArchiver:
                     f"output is {declared_size:,} bytes, more than max_output_bytes={limit:,}",
                     transient=False,
                 )
-            chunks = response.iter_bytes(READ_CHUNK_BYTES)
+            # Decoded by hand, within the output cap per step: httpx would inflate a gzip (or a
+            # stacked "gzip, gzip") body without limit before any size check could see it.
+            try:
+                decoder = BoundedDecoder(response.headers.get("content-encoding", ""), self.max_output_bytes)
+            except BodyRefused as exc:
+                raise OutputFailure(str(exc), transient=False) from None
+            chunks = decoded_chunks(response.iter_raw(READ_CHUNK_BYTES), decoder)
             head_chunk = next(chunks, b"")
             if not head_chunk:
                 raise OutputFailure("the output is empty (0 bytes)", transient=False)

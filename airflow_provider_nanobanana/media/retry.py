@@ -16,6 +16,7 @@ import botocore.exceptions
 import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
+from airflow_provider_nanobanana.bodies import BodyRefused
 from airflow_provider_nanobanana.media.content import NotAnImageError
 from airflow_provider_nanobanana.media.errors import (
     FileHostStatus,
@@ -66,7 +67,7 @@ def classify(exc: BaseException) -> OutputFailure | None:
         return OutputFailure(f"download failed: {type(exc).__name__}: {safe_text(exc)}", transient=True)
     if isinstance(exc, httpx.HTTPError):
         return OutputFailure(f"download failed: {type(exc).__name__}: {safe_text(exc)}", transient=False)
-    if isinstance(exc, NotAnImageError):
+    if isinstance(exc, (NotAnImageError, BodyRefused)):
         return OutputFailure(str(exc), transient=False)
     if isinstance(exc, botocore.exceptions.ClientError):
         s3_code = s3_error_code(exc)

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import re
 import socket
 import time
+import tracemalloc
 import zlib
 from typing import Any
 
@@ -249,3 +251,76 @@ def test_numeric_or_odd_timestamps_never_make_a_paid_result_unreadable(meta):
 
     with hostile(script) as server:
         assert hook(server).get_result(RID).images == ["https://x.runcomfy.net/1.png"]
+
+
+# -- 3. the same bounds on output downloads --------------------------------------------------------
+
+
+def png(size: int = 64) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), (200, 40, 90)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def archive_from(server: Any, moto_s3: Any, bucket: str, max_output_bytes: int) -> Any:
+    from tests.unit.media.support import make_hook
+
+    media = make_hook(moto_s3.endpoint_url, max_output_bytes=max_output_bytes)
+    return media.archive_outputs(
+        [f"{server.base_url}/out.png"],
+        request_id="req_out",
+        dest_uri=f"s3://{bucket}/out/",
+        fields={"dag_id": "d", "run_id": "r", "task_id": "t", "map_index": -1},
+    )
+
+
+@pytest.mark.parametrize(
+    ("encoding", "layers"), [("gzip", 1), ("gzip, gzip", 2), ("x-gzip", 1), ("deflate", 1), ("br", 1)]
+)
+def test_an_output_that_inflates_past_the_cap_is_refused_and_nothing_is_stored(
+    moto_s3, s3_bucket, encoding, layers
+):
+    from airflow_provider_nanobanana.media import OutputsNotArchivedError
+
+    cap = 4 * 1024 * 1024
+    if encoding == "deflate":
+        body = zlib.compress(png() + b"\0" * (16 * cap), 9)
+    else:
+        body = png() + b"\0" * (16 * cap)
+        for _ in range(layers):
+            body = gzip.compress(body, compresslevel=9)
+    assert len(body) < cap  # the declared size passes the cap; only decoding shows the truth
+
+    def script(request: Request, sock: socket.socket) -> None:
+        server.write(sock, answer(200, body, {"Content-Type": "image/png", "Content-Encoding": encoding}))
+
+    tracemalloc.start()
+    try:
+        with hostile(script) as server, pytest.raises(OutputsNotArchivedError) as info:
+            archive_from(server, moto_s3, s3_bucket, cap)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert re.search(r"larger than|stacked|not accepted", str(info.value))
+    assert peak < 8 * cap  # never inflated in memory: 64 MiB decoded would show here
+    stored = moto_s3.client().list_objects_v2(Bucket=s3_bucket, Prefix="out/").get("Contents", [])
+    assert not [o for o in stored if o["Key"].endswith(".png")]
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "identity", ""])
+def test_a_compressed_output_within_the_cap_is_stored_decoded(moto_s3, s3_bucket, encoding):
+    image = png(128)
+    body = {"gzip": gzip.compress, "deflate": zlib.compress}.get(encoding, lambda b: b)(image)
+
+    def script(request: Request, sock: socket.socket) -> None:
+        assert request.headers["accept-encoding"] == "gzip, deflate"
+        server.write(sock, answer(200, body, {"Content-Type": "image/png", "Content-Encoding": encoding}))
+
+    with hostile(script) as server:
+        result = archive_from(server, moto_s3, s3_bucket, 4 * 1024 * 1024)
+    key = result.outputs[0].key
+    assert moto_s3.client().get_object(Bucket=s3_bucket, Key=key)["Body"].read() == image
