@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 import weakref
@@ -48,8 +49,11 @@ class PollPolicy:
     max_consecutive_errors: int = 10
 
     def __post_init__(self) -> None:
-        if not 0 < self.initial_s <= self.max_s:
-            raise ValueError(f"poll_interval must be > 0 and <= {self.max_s} s, got {self.initial_s}")
+        if not 0 < self.initial_s <= self.max_s < math.inf:
+            raise ValueError(
+                f"poll_interval must be > 0 and <= poll_max_interval, both finite, got {self.initial_s} "
+                f"and {self.max_s}"
+            )
         if self.factor < 1 or not 0 <= self.jitter < 1:
             raise ValueError("poll factor must be >= 1 and jitter in [0, 1)")
 

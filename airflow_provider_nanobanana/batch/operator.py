@@ -9,6 +9,7 @@ manifest, applies the failure policy and returns a compact summary: never thousa
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -76,7 +77,7 @@ class NanoBananaBatchEditOperator(NanoBananaBaseOperator):
             raise ValueError("give exactly one of items= or input_s3_prefix=")
         if not 0 <= max_failed_fraction <= 1:
             raise ValueError(f"max_failed_fraction must be between 0 and 1, got {max_failed_fraction}")
-        if max_in_flight < 1 or rate_per_s <= 0 or item_retries < 0 or archive_concurrency < 1:
+        if max_in_flight < 1 or not 0 < rate_per_s < math.inf or item_retries < 0 or archive_concurrency < 1:
             raise ValueError(
                 "max_in_flight and archive_concurrency must be >= 1, rate_per_s > 0, item_retries >= 0"
             )

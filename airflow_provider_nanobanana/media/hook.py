@@ -22,7 +22,11 @@ from airflow_provider_nanobanana.media.archiver import OutputArchiver
 from airflow_provider_nanobanana.media.hosts import normalise_host_patterns
 from airflow_provider_nanobanana.media.inputs import InputResolver
 from airflow_provider_nanobanana.media.job import ArchiveJob
-from airflow_provider_nanobanana.media.keys import DEFAULT_KEY_TEMPLATE, DEFAULT_MANIFEST_TEMPLATE
+from airflow_provider_nanobanana.media.keys import (
+    DEFAULT_KEY_TEMPLATE,
+    DEFAULT_MANIFEST_TEMPLATE,
+    MAX_PRESIGN_EXPIRY_S,
+)
 from airflow_provider_nanobanana.media.results import ArchiveResult
 from airflow_provider_nanobanana.models import DEFAULT_MODEL_ID, MAX_INPUT_IMAGE_BYTES
 
@@ -38,7 +42,6 @@ S3_MIN_PART_BYTES = 5 * MiB
 S3_MAX_PARTS = 10_000
 S3_MAX_COPY_BYTES = 5 * GiB
 #: SigV4 pre-signed URLs are valid for at most seven days.
-MAX_PRESIGN_EXPIRY_S = 7 * 24 * 3600
 
 
 class S3MediaHook:

@@ -29,6 +29,8 @@ DEFAULT_MANIFEST_TEMPLATE = "{dag_id}/{run_id}/{task_id}/{map_index}/{request_id
 #: Fields the archiver fills in itself; callers may not pass them in ``fields``.
 RESERVED_FIELDS = frozenset({"request_id", "index", "ext"})
 
+#: SigV4 pre-signed URLs live at most seven days.
+MAX_PRESIGN_EXPIRY_S = 7 * 24 * 3600
 #: S3 refuses keys longer than 1024 bytes (UTF-8).
 MAX_KEY_BYTES = 1024
 #: A field longer than this is cut and suffixed with a hash of the full value, so it stays unique.

@@ -7,7 +7,6 @@ task) declare these once, here, so a new model parameter or a new limit reaches 
 
 from __future__ import annotations
 
-import math
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +14,7 @@ from airflow.sdk import BaseOperator
 
 from airflow_provider_nanobanana.config import MIN_DEFERRAL_S
 from airflow_provider_nanobanana.hooks.runcomfy import RunComfyHook
+from airflow_provider_nanobanana.media.keys import MAX_PRESIGN_EXPIRY_S
 from airflow_provider_nanobanana.models import DEFAULT_MODEL_ID, MODEL_PARAMETERS
 from airflow_provider_nanobanana.outcome import check_seconds
 from airflow_provider_nanobanana.polling import PollPolicy
@@ -83,11 +83,15 @@ class NanoBananaBaseOperator(BaseOperator):
         self.poll_max_interval = poll_max_interval
         self.presign_expiry = presign_expiry
         self.min_deferral = check_seconds("min_deferral", min_deferral)
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout):
-            raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
-        if timeout <= 0:
+        if timeout is None or check_seconds("timeout", timeout) == 0:
             raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
         self.timeout = float(timeout)
+        if isinstance(presign_expiry, bool) or not isinstance(presign_expiry, int):
+            raise ValueError(f"presign_expiry must be whole seconds, got {presign_expiry!r}")
+        if not 1 <= presign_expiry <= MAX_PRESIGN_EXPIRY_S:
+            raise ValueError(
+                f"presign_expiry must be 1..{MAX_PRESIGN_EXPIRY_S} s (the SigV4 limit), got {presign_expiry}"
+            )
         PollPolicy.between(poll_interval, poll_max_interval)
 
     def model_parameters(self) -> dict[str, Any]:

@@ -144,3 +144,21 @@ def test_timeouts_the_clock_cannot_keep_are_refused_at_parse_time(value):
         NanoBananaBatchEditOperator(
             task_id="b", prompt="p", items=[OK], output_s3_uri="s3://abc/x/", timeout=value
         )
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"presign_expiry": 0}, "presign_expiry"),
+        ({"presign_expiry": 8 * 24 * 3600}, "presign_expiry"),
+        ({"presign_expiry": 3600.5}, "presign_expiry"),
+        ({"poll_interval": float("inf")}, "poll_interval"),
+        ({"poll_max_interval": float("inf")}, "poll_interval"),
+        ({"poll_interval": float("nan")}, "poll_interval"),
+        ({"wait_before_defer": float("inf")}, "wait_before_defer"),
+        ({"min_deferral": -1}, "min_deferral"),
+    ],
+)
+def test_times_s3_or_the_clock_cannot_honour_are_refused_at_parse_time(changes, field):
+    with pytest.raises(ValueError, match=field):
+        edit_operator(OK, None, **changes)
