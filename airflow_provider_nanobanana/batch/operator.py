@@ -235,16 +235,13 @@ class NanoBananaBatchEditOperator(NanoBananaBaseOperator):
         def archive(item: BatchItem) -> str | None:
             try:
                 assert item.request_id is not None
-                result = self.media.archive_outputs(
+                result = self.archive_edit(
                     completed_outputs(self.hook.get_result(item.request_id)),
                     request_id=item.request_id,
                     dest_uri=self.output_s3_uri,
                     fields=fields,
-                    model_id=self.model_id,
                     prompt=item.prompt,
-                    seed=int(state.parameters.get("seed", 0)),
                     inputs=item.image_urls,
-                    parameters={**state.parameters, "prompt": item.prompt},
                 )
             except (RunComfyError, OSError) as exc:
                 item.error = str(exc)[:500]

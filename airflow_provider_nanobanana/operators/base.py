@@ -7,6 +7,7 @@ task) declare these once, here, so a new model parameter or a new limit reaches 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -14,13 +15,14 @@ from airflow.sdk import BaseOperator
 
 from airflow_provider_nanobanana.config import MIN_DEFERRAL_S
 from airflow_provider_nanobanana.hooks.runcomfy import RunComfyHook
-from airflow_provider_nanobanana.media.keys import MAX_PRESIGN_EXPIRY_S
+from airflow_provider_nanobanana.media.keys import DEFAULT_KEY_TEMPLATE, MAX_PRESIGN_EXPIRY_S
 from airflow_provider_nanobanana.models import DEFAULT_MODEL_ID, MODEL_PARAMETERS
 from airflow_provider_nanobanana.outcome import check_seconds
 from airflow_provider_nanobanana.polling import PollPolicy
 
 if TYPE_CHECKING:
     from airflow_provider_nanobanana.media.hook import S3MediaHook
+    from airflow_provider_nanobanana.media.results import ArchiveResult
 
 
 class NanoBananaBaseOperator(BaseOperator):
@@ -114,6 +116,32 @@ class NanoBananaBaseOperator(BaseOperator):
             self.aws_conn_id,
             presign_expiry_s=self.presign_expiry,
             allowed_output_hosts=self.hook.settings.allowed_output_hosts,
+        )
+
+    def archive_edit(
+        self,
+        images: list[str],
+        *,
+        request_id: str,
+        dest_uri: str,
+        fields: Mapping[str, Any],
+        prompt: str,
+        inputs: list[str],
+        key_template: str | None = None,
+    ) -> ArchiveResult:
+        """Archive one completed request's outputs, with the manifest both operators write."""
+        parameters = self.model_parameters()
+        return self.media.archive_outputs(
+            images,
+            request_id=request_id,
+            dest_uri=dest_uri,
+            key_template=key_template or DEFAULT_KEY_TEMPLATE,
+            fields=fields,
+            model_id=self.model_id,
+            prompt=prompt,
+            seed=parameters["seed"],
+            inputs=inputs,
+            parameters={**parameters, "prompt": prompt},
         )
 
     def min_deferral_s(self) -> float:

@@ -279,18 +279,14 @@ class NanoBananaEditOperator(NanoBananaBaseOperator):
         }
 
     def _archive(self, context: Context, request_id: str, images: list[str], dest_uri: str) -> dict[str, Any]:
-        fields = self.edit_fields()
-        result = self.media.archive_outputs(
+        result = self.archive_edit(
             images,
             request_id=request_id,
             dest_uri=dest_uri,
-            key_template=self.s3_key_template or DEFAULT_KEY_TEMPLATE,
             fields=fields_from_context(context),
-            model_id=self.model_id,
-            prompt=fields["prompt"],
-            seed=fields["seed"],
-            inputs=fields["image_urls"],
-            parameters={k: v for k, v in fields.items() if k != "image_urls"},
+            prompt=self.prompt,
+            inputs=self.edit_fields()["image_urls"],
+            key_template=self.s3_key_template,
         )
         return {"archived": result.s3_uris, "manifest": result.manifest_uri}
 

@@ -16,7 +16,6 @@ import contextlib
 import io
 import json
 import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +27,7 @@ from devstack.airflow_api import AirflowClient, TaskInstanceState
 from devstack.enrichment import DAG_ID, EDIT_TASK_ID, format_states, trigger_enrichment
 from devstack.seed import list_objects, read_object, seed_inputs
 from devstack.services import LocalStack
-from tests.e2e.conftest import FAILED_KEY
+from tests.e2e.conftest import running_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(480)]
 
@@ -60,16 +59,7 @@ class Observations:
 
 @pytest.fixture
 def stack(request: pytest.FixtureRequest) -> Iterator[LocalStack]:
-    """A fresh stack per test; its files are deleted after a pass and kept after a failure."""
-    stack = LocalStack(f"e2e-{os.getpid()}", emulator_args=EMULATOR_ARGS)
-    try:
-        with stack:
-            yield stack
-    except Exception:
-        print(stack.diagnostics(lines=80))
-        raise
-    if not request.node.stash.get(FAILED_KEY, True):
-        shutil.rmtree(stack.run_dir, ignore_errors=True)
+    yield from running_stack(request, f"e2e-{os.getpid()}", emulator_args=EMULATOR_ARGS)
 
 
 @contextlib.contextmanager

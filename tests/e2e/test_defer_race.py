@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 from collections.abc import Iterator
 from typing import Any
 
@@ -47,7 +46,7 @@ from devstack.tries import (
     format_tries,
     scan_scheduler_log,
 )
-from tests.e2e.conftest import FAILED_KEY
+from tests.e2e.conftest import running_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(720)]
 
@@ -82,21 +81,13 @@ def stack_airflow_env() -> dict[str, str]:
 
 @pytest.fixture
 def stack(request: pytest.FixtureRequest) -> Iterator[LocalStack]:
-    """A fresh stack; its files are deleted after a pass and kept after a failure."""
-    stack = LocalStack(
+    yield from running_stack(
+        request,
         f"e2e-race-{os.getpid()}",
         emulator_args=EMULATOR_ARGS,
         airflow_env=stack_airflow_env(),
         local_settings=LOCAL_SETTINGS,
     )
-    try:
-        with stack:
-            yield stack
-    except Exception:
-        print(stack.diagnostics(lines=80))
-        raise
-    if not request.node.stash.get(FAILED_KEY, True):
-        shutil.rmtree(stack.run_dir, ignore_errors=True)
 
 
 @contextlib.contextmanager
