@@ -135,6 +135,24 @@ class AirflowClient:
         run: dict[str, Any] = self._call("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
         return str(run["state"])
 
+    def dag_run(self, dag_id: str, run_id: str) -> dict[str, Any]:
+        """``GET /dags/{dag}/dagRuns/{run}``: state, ``start_date``, ``end_date``..."""
+        run: dict[str, Any] = self._call("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
+        return run
+
+    def task_instance_tries(
+        self, dag_id: str, run_id: str, task_id: str, map_index: int = -1
+    ) -> list[dict[str, Any]]:
+        """Every try of one task instance, oldest first (``.../{task}/{map_index}/tries``).
+
+        In Airflow 3 a try resumed after a deferral keeps its ``start_date``, so a try's ``duration``
+        includes the time it spent deferred: it is not the time the try held a worker slot.
+        """
+        path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}"
+        path += f"/{map_index}/tries" if map_index >= 0 else "/tries"
+        tries: list[dict[str, Any]] = self._call("GET", path)["task_instances"]
+        return sorted(tries, key=lambda t: int(t["try_number"]))
+
     def task_instances(self, dag_id: str, run_id: str) -> list[TaskInstanceState]:
         """Every task instance of the run, mapped ones included (one entry per map index)."""
         body = self._call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 1000})
