@@ -221,13 +221,16 @@ class PollBudget:
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        start = max(now, self._next_free)
-        self._next_free = start + self._interval
-        if start > now:
-            await asyncio.sleep(start - now)
+        # The send time is reserved only once an in-flight place is held: a time reserved while
+        # waiting for a place would expire meanwhile, and every expired waiter would then send at
+        # once, a burst over the rate.
         async with self._in_flight:
+            loop = asyncio.get_running_loop()
+            now = loop.time()
+            start = max(now, self._next_free)
+            self._next_free = start + self._interval
+            if start > now:
+                await asyncio.sleep(start - now)
             yield
 
 

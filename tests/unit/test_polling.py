@@ -219,3 +219,27 @@ async def test_budget_spaces_sends_to_its_rate():
     times = await asyncio.gather(*(one() for _ in range(20)))
     # 20 slots at 50/s: the last one cannot start before ~0.38 s.
     assert max(times) - started >= 0.35
+
+
+async def test_a_send_time_is_reserved_only_once_an_in_flight_place_is_held():
+    """Waiters for a place must not book send times: theirs would expire while they wait, and they
+    would all send at once when places free up, a burst over the rate."""
+    import asyncio
+
+    budget = PollBudget(rate_per_s=10, max_in_flight=1)
+    release = asyncio.Event()
+
+    async def holder():
+        async with budget.slot():
+            await release.wait()
+
+    first = asyncio.create_task(holder())
+    await asyncio.sleep(0)
+    booked = budget._next_free
+    waiters = [asyncio.create_task(holder()) for _ in range(10)]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert budget._next_free == booked  # ten waiters, no times booked while they wait
+    release.set()
+    await asyncio.gather(first, *waiters)
+    assert budget._next_free == pytest.approx(booked + 10 * 0.1)  # then one interval each
