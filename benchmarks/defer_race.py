@@ -323,6 +323,9 @@ class Row:
     def latencies(self) -> list[float]:
         return [e.extra_latency_s for e in self.edits if e.extra_latency_s is not None]
 
+    def worker_runs_per_job(self) -> float:
+        return statistics.fmean(e.worker_runs for e in self.edits) if self.edits else math.nan
+
     def worker_per_job(self) -> float:
         values = [e.worker_s for e in self.edits if not math.isnan(e.worker_s)]
         return statistics.fmean(values) if values else math.nan
@@ -389,7 +392,7 @@ def render(results: Sequence[RunMeasure], command: str, elapsed_s: float, quick:
         lines += ["> Quick mode: fewer images, short jobs only. Quote the full mode.", ""]
     header = (
         "| setup | config | runs x edits | deferred | retried / failed tries / mismatches | "
-        "extra latency median / p90 / max (s) | x (a) median | worker-slot s per job | x (a) | "
+        "extra latency median / p90 / max (s) | x (a) median | worker-slot s per job (worker runs) | x (a) | "
         "run time (s) | x (a) |"
     )
     for mix_key in dict.fromkeys(r.mix for r in results):
@@ -429,7 +432,7 @@ def render(results: Sequence[RunMeasure], command: str, elapsed_s: float, quick:
                 f"| {label} | {guard.label}: wait {guard.wait_before_defer_s:g} s, hold {guard.min_deferral_s:g} s "
                 f"| {len(row.runs)} x {len(row.edits) // max(1, len(row.runs))} | {deferred}/{len(row.edits)} "
                 f"| {retried} / {failed} / {mismatches_text} | {_s(med)} / {_s(p90)} / {_s(worst)} "
-                f"| {_ratio(med, base_med)} | {_s(row.worker_per_job())} "
+                f"| {_ratio(med, base_med)} | {_s(row.worker_per_job())} ({row.worker_runs_per_job():.1f}) "
                 f"| {_ratio(row.worker_per_job(), base.worker_per_job() if base else math.nan)} "
                 f"| {_s(row.total_s())}{run_note} | {_ratio(row.total_s(), base.total_s() if base else math.nan)} |"
             )
