@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import polls
+from benchmarks import defer_race, polls
 from benchmarks.archive import output_url
 from benchmarks.child import run_child
 from benchmarks.common import machine_info, servers, start_emulator, start_moto, start_png_server
@@ -191,6 +191,8 @@ BENCHES: dict[str, Callable[[Plan], dict[str, Any]]] = {
     "archive": bench_archive,
     "batch": bench_batch,
     "density": bench_density,
+    # Real Airflow stacks; writes its own docs/benchmarks-defer-race.md (not part of this report).
+    "defer_race": lambda plan: defer_race.bench(quick=plan is QUICK),
 }
 
 
