@@ -224,3 +224,48 @@ def test_max_in_flight_is_reached_and_never_exceeded(emulator, moto_s3, s3_bucke
     counters = emulator.counters()
     assert counters["jobs_created"] == 24
     assert counters["peak_active"] == 5  # the cap was reached (so an excess would show) and held
+
+
+def test_a_batch_trigger_deferred_by_0_1_0_finishes_under_this_version(emulator, moto_s3, s3_bucket):
+    seed_inputs(moto_s3, s3_bucket, 6)
+    task, context = batch_operator(s3_bucket), batch_context()
+    with pytest.raises(TaskDeferred) as deferred:
+        task.execute(context)
+    path, kwargs = deferred.value.trigger.serialize()
+    assert path == "airflow_provider_nanobanana.triggers.batch.RunComfyBatchTrigger"  # 0.1.0's path
+    kwargs_0_1_0 = {
+        k: v for k, v in kwargs.items() if k not in ("kwargs_version", "release_not_before_epoch_s")
+    }
+    event = asyncio.run(first_event(RunComfyBatchTrigger(**json.loads(json.dumps(kwargs_0_1_0)))))
+    result = task.execute_complete(context, event)
+    assert result["succeeded"] == 6
+    assert emulator.counters()["jobs_created"] == 6
+
+
+def test_one_item_whose_input_cannot_be_prepared_fails_alone(emulator, moto_s3, s3_bucket, monkeypatch):
+    """Issue #15, point 1: an unforeseen exception preparing one item (S3 unreachable while
+    pre-signing) broke the whole submit group, whose other POSTs then went unrecorded."""
+    import botocore.exceptions
+
+    from airflow_provider_nanobanana.media.inputs import InputResolver
+
+    seed_inputs(moto_s3, s3_bucket, 8)
+    real_presign = InputResolver.presign
+
+    def flaky_presign(self, bucket, key):
+        if key.endswith("img_0003.png"):
+            raise botocore.exceptions.EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
+        return real_presign(self, bucket, key)
+
+    monkeypatch.setattr(InputResolver, "presign", flaky_presign)
+    task, context = batch_operator(s3_bucket, max_in_flight=8, max_failed_fraction=0.5), batch_context()
+    result = run_batch(task, context)
+    assert (result["succeeded"], result["failed"]) == (7, 1)
+    counters = emulator.counters()
+    assert counters["submits"] == counters["jobs_created"] == 7  # every POST that left is recorded
+    state = BatchCheckpoint(
+        moto_s3.client(), s3_bucket, result["checkpoint"].split("/", 3)[3].rsplit("/_batch", 1)[0]
+    ).load()
+    (failed,) = [item for item in state.items if item.state is ItemState.FAILED]
+    assert "img_0003" in failed.id
+    assert "EndpointConnectionError" in failed.error or "Could not connect" in failed.error

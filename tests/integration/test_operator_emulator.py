@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 from PIL import Image
@@ -198,3 +199,32 @@ def test_on_kill_cancels_a_queued_job_and_leaves_a_running_one(emulator, input_i
     assert emulator.counters()["cancels"] == 1
     operator(input_image, s3_bucket, cancel_on_kill=False).on_kill()  # nothing submitted: no call
     assert emulator.counters()["cancels"] == 1
+
+
+def test_a_trigger_deferred_by_0_1_0_finishes_under_this_version(emulator, input_image, s3_bucket, context):
+    """The kwargs exactly as 0.1.0 serialized them (no kwargs_version, no release time), still in a
+    trigger row during an upgrade: the trigger builds, runs to its event, and the task completes."""
+    task = operator(input_image, s3_bucket)
+    with pytest.raises(TaskDeferred):
+        task.execute(context)
+    kwargs_0_1_0 = {
+        "request_id": context["ti"].xcom["runcomfy_request_id"],
+        "deadline_epoch_s": time.time() + 60,
+        "runcomfy_conn_id": "runcomfy_default",
+        "poll_interval_s": 0.1,
+        "poll_max_s": 0.5,
+        "cancel_on_kill": True,
+    }
+    trigger = RunComfyJobTrigger(**json.loads(json.dumps(kwargs_0_1_0)))
+
+    async def first_event():
+        async for event in trigger.run():
+            return event.payload
+        raise AssertionError("no event")
+
+    event = asyncio.run(first_event())
+    event_0_1_0 = {**event, "images": ["https://cdn.runcomfy.net/x.png?sig=***"]}  # 0.1.0's shape
+    result = operator(input_image, s3_bucket).execute_complete(context, event_0_1_0)
+    assert result["status"] == "completed"
+    assert len(result["archived"]) == 2
+    assert emulator.counters()["jobs_created"] == 1
