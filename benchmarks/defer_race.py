@@ -38,7 +38,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -334,6 +334,15 @@ class Row:
         values = [r.total_s for r in self.runs if not math.isnan(r.total_s)]
         return statistics.fmean(values) if values else math.nan
 
+    def spread(self, per_run: Callable[[RunMeasure], float]) -> str:
+        """`` (min-max)`` of one value over the runs, when there is more than one run."""
+        values = [v for v in map(per_run, self.runs) if not math.isnan(v)]
+        return f" ({min(values):.1f}-{max(values):.1f})" if len(values) > 1 else ""
+
+
+def _run_worker_per_job(run: RunMeasure) -> float:
+    return Row([run]).worker_per_job()
+
 
 def code_version() -> str:
     """``git describe`` of the checkout the stacks import the provider from (``REPO_ROOT``)."""
@@ -360,8 +369,32 @@ def machine_label() -> str:
     return f"real Airflow {airflow}, LocalExecutor, {os.cpu_count()} cores"
 
 
-def render(results: Sequence[RunMeasure], command: str, elapsed_s: float, quick: bool) -> str:
+@dataclass(frozen=True)
+class Meta:
+    """How a set of results was produced; stored with the raw numbers so a re-render keeps it."""
+
+    command: str
+    elapsed_s: float
+    quick: bool
+    code: str
+    date: str
+    machine: str
+
+
+def current_meta(command: str, elapsed_s: float, quick: bool) -> Meta:
+    return Meta(
+        command=command,
+        elapsed_s=elapsed_s,
+        quick=quick,
+        code=f"`{code_version()}` (the stacks import it from `{REPO_ROOT.name}/`)",
+        date=f"{datetime.now(timezone.utc):%Y-%m-%d}",
+        machine=f"{os.cpu_count()} CPUs, Python {platform.python_version()}, {platform.platform()}",
+    )
+
+
+def render(results: Sequence[RunMeasure], meta: Meta) -> str:
     label = machine_label()
+    quick = meta.quick
     lines = [
         "# Benchmark: the defer-exit race guards",
         "",
@@ -369,10 +402,9 @@ def render(results: Sequence[RunMeasure], command: str, elapsed_s: float, quick:
         "`uv run --frozen python -m benchmarks.defer_race` (also part of `make bench`). What the race is and "
         "why the guards exist: [reliability.md](reliability.md#airflows-defer-exit-race).",
         "",
-        f"- Command: `{command}` ({'quick' if quick else 'full'} mode, {elapsed_s / 60:.1f} min)",
-        f"- Provider code: `{code_version()}` (the stacks import it from `{REPO_ROOT.name}/`)",
-        f"- Machine: {os.cpu_count()} CPUs, Python {platform.python_version()}, {platform.platform()}; "
-        f"date {datetime.now(timezone.utc):%Y-%m-%d}",
+        f"- Command: `{meta.command}` ({'quick' if quick else 'full'} mode, {meta.elapsed_s / 60:.1f} min)",
+        f"- Provider code: {meta.code}",
+        f"- Machine: {meta.machine}; date {meta.date}",
         f"- Stack: {label}: devstack's LocalStack (API server, scheduler, dag-processor, triggerer as "
         "separate processes; SQLite; `[core] parallelism` 4, so 4 worker slots), a fresh stack per row. "
         f"`{DAG_ID}` with one mapped `{EDIT_TASK_ID}` per image (example DAG: `retries=1`, "
@@ -384,15 +416,17 @@ def render(results: Sequence[RunMeasure], command: str, elapsed_s: float, quick:
         '"finished with state success, but the task instance\'s state attribute is X" lines (by X).',
         "- Extra latency: the edit's final `end_date` minus its job's `finished_at` at the emulator (retries "
         "included). Worker-slot s: the LocalExecutor supervisor's `Workload finished ... duration`, summed over "
-        "every worker run of every try (before `defer()`, after resume, retries); deferred time is not in it.",
-        "- The machine is shared and noisy (other test suites may run on it): compare rows of one run, not runs.",
+        "every worker run of every try (before `defer()`, after resume, retries); deferred time is not in it. "
+        "Run time: the DAG run's `start_date` to `end_date`. In brackets: the lowest and highest run.",
+        "- The machine is shared and noisy (other test suites may run on it): compare rows of one run, not runs, "
+        "and mind the ranges.",
         "",
     ]
     if quick:
         lines += ["> Quick mode: fewer images, short jobs only. Quote the full mode.", ""]
     header = (
         "| setup | config | runs x edits | deferred | retried / failed tries / mismatches | "
-        "extra latency median / p90 / max (s) | x (a) median | worker-slot s per job (worker runs) | x (a) | "
+        "extra latency median / p90 / max (s) | x (a) median | worker-slot s per job, worker runs per job | x (a) | "
         "run time (s) | x (a) |"
     )
     for mix_key in dict.fromkeys(r.mix for r in results):
@@ -432,9 +466,10 @@ def render(results: Sequence[RunMeasure], command: str, elapsed_s: float, quick:
                 f"| {label} | {guard.label}: wait {guard.wait_before_defer_s:g} s, hold {guard.min_deferral_s:g} s "
                 f"| {len(row.runs)} x {len(row.edits) // max(1, len(row.runs))} | {deferred}/{len(row.edits)} "
                 f"| {retried} / {failed} / {mismatches_text} | {_s(med)} / {_s(p90)} / {_s(worst)} "
-                f"| {_ratio(med, base_med)} | {_s(row.worker_per_job())} ({row.worker_runs_per_job():.1f}) "
+                f"| {_ratio(med, base_med)} | {_s(row.worker_per_job())}{row.spread(_run_worker_per_job)}, "
+                f"{row.worker_runs_per_job():.1f} runs "
                 f"| {_ratio(row.worker_per_job(), base.worker_per_job() if base else math.nan)} "
-                f"| {_s(row.total_s())}{run_note} | {_ratio(row.total_s(), base.total_s() if base else math.nan)} |"
+                f"| {_s(row.total_s())}{row.spread(lambda r: r.total_s)}{run_note} | {_ratio(row.total_s(), base.total_s() if base else math.nan)} |"
             )
         lines.append("")
     return "\n".join(lines)
@@ -475,13 +510,23 @@ def run(
     return results
 
 
-def write(results: Sequence[RunMeasure], command: str, elapsed_s: float, quick: bool, out: Path) -> str:
-    text = render(results, command, elapsed_s, quick)
+def write(results: Sequence[RunMeasure], meta: Meta, out: Path) -> str:
+    text = render(results, meta)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text + "\n")
     RAW.parent.mkdir(parents=True, exist_ok=True)
-    RAW.write_text(json.dumps([asdict(r) for r in results], indent=1))
+    RAW.write_text(json.dumps({"meta": asdict(meta), "runs": [asdict(r) for r in results]}, indent=1))
     return text
+
+
+def load(path: Path) -> tuple[list[RunMeasure], Meta]:
+    """Results and metadata written by :func:`write`, for ``--from-json``."""
+    data = json.loads(path.read_text())
+    runs = []
+    for raw in data["runs"]:
+        edits = [EditMeasure(**e) for e in raw.pop("edits")]
+        runs.append(RunMeasure(**raw, edits=edits))
+    return runs, Meta(**data["meta"])
 
 
 def bench(quick: bool = False) -> dict[str, Any]:
@@ -490,7 +535,7 @@ def bench(quick: bool = False) -> dict[str, Any]:
     t0 = time.monotonic()
     args = parse_args(argv)
     results = run(args.mixes, args.configs, args.images, args.repeats)
-    write(results, _command(argv), time.monotonic() - t0, args.quick, Path(args.out))
+    write(results, current_meta(_command(argv), time.monotonic() - t0, args.quick), Path(args.out))
     return {"doc": args.out, "runs": [asdict(r) for r in results]}
 
 
@@ -510,6 +555,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--repeats", type=int, default=1, help="runs per (mix, config) (default 1)")
     parser.add_argument("--out", default=str(OUT), help=f"where to write the report (default {OUT})")
+    parser.add_argument(
+        "--from-json", type=Path, default=None, help=f"only re-render the report from an earlier {RAW.name}"
+    )
     args = parser.parse_args(argv)
     if args.mixes is None:
         args.mixes = ["short"] if args.quick else list(MIXES)
@@ -525,10 +573,17 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.from_json is not None:
+        results, meta = load(args.from_json)
+        text = render(results, meta)
+        Path(args.out).write_text(text + "\n")
+        print(text)
+        print(f"re-rendered {args.from_json} into {args.out}", file=sys.stderr)
+        return 0
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     t0 = time.monotonic()
     results = run(args.mixes, args.configs, args.images, args.repeats)
-    text = write(results, _command(argv), time.monotonic() - t0, args.quick, Path(args.out))
+    text = write(results, current_meta(_command(argv), time.monotonic() - t0, args.quick), Path(args.out))
     print(text)
     print(f"wrote {args.out} and {RAW}", file=sys.stderr)
     return 0
