@@ -154,10 +154,14 @@ def test_the_in_place_wait_ends_with_a_timeout_at_the_deadline(clock):
 
 
 async def test_hold_sleeps_until_the_release_time_and_not_after_it(clock, monkeypatch):
+    import asyncio
+
     slept: list[float] = []
+    real_sleep = asyncio.sleep
 
     async def fake_sleep(seconds):
         slept.append(seconds)
+        await real_sleep(0)
 
     monkeypatch.setattr("airflow_provider_nanobanana.polling.asyncio.sleep", fake_sleep)
     await hold_until(clock.now + 8.5)

@@ -111,10 +111,14 @@ def test_kwargs_serialized_by_0_1_0_still_build_a_trigger_and_a_newer_version_is
 @respx.mock
 async def test_the_event_is_held_until_the_release_time(monkeypatch):
     """Airflow's defer-exit race: an event that fires seconds after deferring can fail the task."""
+    import asyncio
+
     slept: list[float] = []
+    real_sleep = asyncio.sleep
 
     async def record(seconds):
         slept.append(seconds)
+        await real_sleep(0)  # still yield: the connection lookup's thread must get its answer back
 
     monkeypatch.setattr("airflow_provider_nanobanana.polling.asyncio.sleep", record)
     respx.get(STATUS).mock(return_value=httpx.Response(200, json={"status": "completed"}))
