@@ -109,6 +109,14 @@ def start_emulator(**settings: float | int | str) -> ChildServer:
     return _start(cmd, ready=_LISTENING, url=None, env=dict(os.environ))
 
 
+def start_tracked_emulator(**settings: float | int | str) -> ChildServer:
+    """:func:`start_emulator` behind :mod:`benchmarks.tracked_emulator` (per-job first-poll times)."""
+    cmd = [sys.executable, "-m", "benchmarks.tracked_emulator", "--port", "0"]
+    for name, value in settings.items():
+        cmd += [f"--{name.replace('_', '-')}", str(value)]
+    return _start(cmd, ready=_LISTENING, url=None, env=dict(os.environ))
+
+
 def start_png_server() -> ChildServer:
     """The input image the emulator fetches for every job, served from its own process."""
     port = free_port()

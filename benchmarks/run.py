@@ -1,4 +1,4 @@
-"""``python -m benchmarks.run [--quick] [--only NAME ...] [--out PATH]``: run, print, write the doc.
+"""``python -m benchmarks.run [--quick] [--only NAME ...] [--skip NAME ...] [--out PATH] [--reuse JSON]``: run, print, write the doc.
 
 Every row is measured in the same run as its baseline, against servers started here on loopback
 (emulator, input-image server, moto), each in its own process. Results go to stdout and to
@@ -8,6 +8,7 @@ Every row is measured in the same run as its baseline, against servers started h
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import time
@@ -25,6 +26,7 @@ from benchmarks.report import render
 SEED = 9
 MB = 2**20
 AIRFLOW_TRIGGERER_CAPACITY = 1000  # [triggerer] capacity default
+RESULTS_PATH = Path(".run/bench-results.json")
 
 
 @dataclass(frozen=True)
@@ -42,10 +44,12 @@ class Plan:
     archive_mb: tuple[int, ...]
     batch_n: int
     transport_requests: int
+    triggerer_ns: tuple[int, ...] = (1000, 5000, 10000)
+    triggerer_budget_s: float = 40 * 60.0
 
 
 FULL = Plan((100, 1000, 5000, 10000), (100, 1000), 30.0, 10.0, 150.0, 3, 100, 20.0, (10, 200), 1000, 3000)
-QUICK = Plan((100, 1000), (100,), 10.0, 5.0, 60.0, 1, 20, 40.0, (10,), 200, 1000)
+QUICK = Plan((100, 1000), (100,), 10.0, 5.0, 60.0, 1, 20, 40.0, (10,), 200, 1000, (100,), 10 * 60.0)
 
 
 # -- the benchmarks ---------------------------------------------------------------------------------
@@ -184,6 +188,21 @@ def bench_transport(plan: Plan) -> dict[str, Any]:
         return run_child("transport", args, timeout_s=600)
 
 
+def bench_triggerer(plan: Plan) -> dict[str, Any]:
+    """N deferred task instances on one real ``airflow triggerer``: ours, peer-style, TimeDelta."""
+    from benchmarks.real_triggerer import run_matrix
+
+    png = start_png_server()
+    with servers(png):
+        return run_matrix(
+            plan.triggerer_ns,
+            png_url=png.url,
+            budget_s=plan.triggerer_budget_s,
+            quick=plan is QUICK,
+            log=lambda line: print(line, flush=True),
+        )
+
+
 BENCHES: dict[str, Callable[[Plan], dict[str, Any]]] = {
     "transport": bench_transport,
     "polls": bench_polls,
@@ -191,6 +210,7 @@ BENCHES: dict[str, Callable[[Plan], dict[str, Any]]] = {
     "archive": bench_archive,
     "batch": bench_batch,
     "density": bench_density,
+    "triggerer": bench_triggerer,
     # Real Airflow stacks; writes its own docs/benchmarks-defer-race.md (not part of this report).
     "defer_race": lambda plan: defer_race.bench(quick=plan is QUICK),
 }
@@ -200,7 +220,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small N, short jobs (< 3 minutes)")
     parser.add_argument("--only", nargs="*", choices=sorted(BENCHES), help="run only these benchmarks")
+    parser.add_argument("--skip", nargs="*", choices=sorted(BENCHES), default=[], help="run all but these")
     parser.add_argument("--out", default="docs/benchmarks.md", help="where to write the report")
+    parser.add_argument(
+        "--reuse",
+        metavar="JSON",
+        help=f"take the benchmarks not run now from an earlier run's {RESULTS_PATH} (the doc says which)",
+    )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     command = "uv run --frozen python -m benchmarks.run " + shlex.join(
@@ -209,8 +235,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = command.strip()
     t0 = time.monotonic()
     results: dict[str, Any] = {}
+    earlier = json.loads(Path(args.reuse).read_text())["results"] if args.reuse else {}
+    reused: list[str] = []
     for name, bench in BENCHES.items():
-        if args.only and name not in args.only:
+        if (args.only and name not in args.only) or name in args.skip:
+            if name in earlier:
+                results[name] = earlier[name]
+                reused.append(name)
             continue
         print(f"== {name}", flush=True)
         started = time.monotonic()
@@ -219,7 +250,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Exception as exc:  # noqa: BLE001 - one broken benchmark must not hide the others
             results[name] = {"error": f"{type(exc).__name__}: {exc}"}
         print(f"   {name} took {time.monotonic() - started:.0f}s", flush=True)
-    text = render(results, machine_info(), command, "quick" if args.quick else "full", time.monotonic() - t0)
+        # Saved after every benchmark: an interrupted run keeps what finished (see --reuse).
+        RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS_PATH.write_text(json.dumps({"command": command, "results": results}, default=str))
+    if "triggerer" in results and "rows" in results["triggerer"]:
+        from benchmarks.report_triggerer import write_charts
+
+        results["triggerer"]["charts"] = write_charts(results["triggerer"], Path(args.out).parent)
+    text = render(
+        results, machine_info(), command, "quick" if args.quick else "full", time.monotonic() - t0, reused
+    )
     print(text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text + "\n")
