@@ -13,14 +13,14 @@ Series = Mapping[str, Sequence[tuple[float, float]]]
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b")
 DASHED_SUFFIX = " (dashed)"
 W, H = 900, 520
-LEFT, RIGHT, TOP, BOTTOM = 90, 30, 60, 130
+LEFT, RIGHT, TOP, BOTTOM = 90, 90, 60, 150
 
 
 def _nice_max(value: float) -> float:
     if value <= 0:
         return 1.0
     exp = 10 ** math.floor(math.log10(value))
-    for step in (1, 2, 2.5, 5, 10):
+    for step in (1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10):
         if value <= step * exp:
             return step * exp
     return 10 * exp
@@ -40,7 +40,7 @@ def _dashed(draw: ImageDraw.ImageDraw, a: tuple[float, float], b: tuple[float, f
         t = end + gap
 
 
-def line_chart(path: Path, title: str, x_label: str, y_label: str, series: Series) -> Path:
+def line_chart(path: Path, title: str, x_label: str, y_label: str, series: Series, note: str = "") -> Path:
     """One chart: x and y axes from 0, a point marker and its value at every measurement."""
     image = Image.new("RGB", (W, H), "white")
     draw = ImageDraw.Draw(image)
@@ -81,11 +81,18 @@ def line_chart(path: Path, title: str, x_label: str, y_label: str, series: Serie
         for x, y in ordered:
             px, py = at(x, y)
             draw.ellipse([px - 5, py - 5, px + 5, py + 5], fill=colour)
-            draw.text((px + 7, py - 7), f"{y:,.0f}", fill=colour, font=font, anchor="ld")
+            # Alternate label sides so series that run close together stay readable.
+            step = 16 * (index // 2)
+            if index % 2 == 0:
+                draw.text((px + 7, py - 6 - step), f"{y:,.0f}", fill=colour, font=font, anchor="ld")
+            else:
+                draw.text((px + 7, py + 6 + step), f"{y:,.0f}", fill=colour, font=font, anchor="lt")
         column, row = index % 2, index // 2
         lx, ly = LEFT + column * (plot_w / 2), legend_y + row * 22
         draw.line([(lx, ly + 8), (lx + 30, ly + 8)], fill=colour, width=3)
         draw.text((lx + 38, ly), name, fill="black", font=font)
+    if note:
+        draw.text((LEFT, H - 22), note, fill="#555555", font=font)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, format="PNG", optimize=True)
     return path

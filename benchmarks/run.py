@@ -1,4 +1,4 @@
-"""``python -m benchmarks.run [--quick] [--only NAME ...] [--skip NAME ...] [--out PATH] [--reuse JSON]``: run, print, write the doc.
+"""``python -m benchmarks.run [--quick] [--only NAME ...] [--skip NAME ...] [--out PATH] [--reuse JSON] [--render-from JSON]``: run, print, write the doc.
 
 Every row is measured in the same run as its baseline, against servers started here on loopback
 (emulator, input-image server, moto), each in its own process. Results go to stdout and to
@@ -27,6 +27,12 @@ SEED = 9
 MB = 2**20
 AIRFLOW_TRIGGERER_CAPACITY = 1000  # [triggerer] capacity default
 RESULTS_PATH = Path(".run/bench-results.json")
+DEFAULT_OUT = "docs/benchmarks.md"
+
+
+def results_path(out: str) -> Path:
+    """Where a run saves its raw results: ``.run/`` for the doc, beside any other ``--out``."""
+    return RESULTS_PATH if out == DEFAULT_OUT else Path(out).with_suffix(".json")
 
 
 @dataclass(frozen=True)
@@ -216,18 +222,48 @@ BENCHES: dict[str, Callable[[Plan], dict[str, Any]]] = {
 }
 
 
+def write_report(saved: dict[str, Any], out: Path) -> str:
+    """Charts and ``docs/benchmarks.md`` from a run's saved results (see ``--render-from``)."""
+    results = saved["results"]
+    if "triggerer" in results and "rows" in results["triggerer"]:
+        from benchmarks.report_triggerer import write_charts
+
+        results["triggerer"]["charts"] = write_charts(results["triggerer"], out.parent)
+    text = render(
+        results,
+        saved["machine"],
+        saved["command"],
+        saved["mode"],
+        saved["elapsed_s"],
+        saved.get("reused"),
+        saved.get("reused_from"),
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text + "\n")
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small N, short jobs (< 3 minutes)")
     parser.add_argument("--only", nargs="*", choices=sorted(BENCHES), help="run only these benchmarks")
     parser.add_argument("--skip", nargs="*", choices=sorted(BENCHES), default=[], help="run all but these")
-    parser.add_argument("--out", default="docs/benchmarks.md", help="where to write the report")
+    parser.add_argument("--out", default=DEFAULT_OUT, help="where to write the report")
     parser.add_argument(
         "--reuse",
         metavar="JSON",
         help=f"take the benchmarks not run now from an earlier run's {RESULTS_PATH} (the doc says which)",
     )
+    parser.add_argument(
+        "--render-from",
+        metavar="JSON",
+        help=f"run nothing: rewrite the report and charts from a run's saved {RESULTS_PATH}",
+    )
     args = parser.parse_args(argv)
+    if args.render_from:
+        write_report(json.loads(Path(args.render_from).read_text()), Path(args.out))
+        print(f"wrote {args.out} from {args.render_from}", file=sys.stderr)
+        return 0
     plan = QUICK if args.quick else FULL
     command = "uv run --frozen python -m benchmarks.run " + shlex.join(
         list(argv if argv is not None else sys.argv[1:])
@@ -235,13 +271,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = command.strip()
     t0 = time.monotonic()
     results: dict[str, Any] = {}
-    earlier = json.loads(Path(args.reuse).read_text())["results"] if args.reuse else {}
-    reused: list[str] = []
+    earlier_run = json.loads(Path(args.reuse).read_text()) if args.reuse else {}
+    earlier = earlier_run.get("results", {})
+    saved: dict[str, Any] = {
+        "command": command,
+        "mode": "quick" if args.quick else "full",
+        "machine": machine_info(),
+        "results": results,
+        "reused": [],
+        "reused_from": earlier_run.get("command"),
+        "elapsed_s": 0.0,
+    }
     for name, bench in BENCHES.items():
         if (args.only and name not in args.only) or name in args.skip:
             if name in earlier:
                 results[name] = earlier[name]
-                reused.append(name)
+                saved["reused"].append(name)
             continue
         print(f"== {name}", flush=True)
         started = time.monotonic()
@@ -251,18 +296,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             results[name] = {"error": f"{type(exc).__name__}: {exc}"}
         print(f"   {name} took {time.monotonic() - started:.0f}s", flush=True)
         # Saved after every benchmark: an interrupted run keeps what finished (see --reuse).
-        RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS_PATH.write_text(json.dumps({"command": command, "results": results}, default=str))
-    if "triggerer" in results and "rows" in results["triggerer"]:
-        from benchmarks.report_triggerer import write_charts
-
-        results["triggerer"]["charts"] = write_charts(results["triggerer"], Path(args.out).parent)
-    text = render(
-        results, machine_info(), command, "quick" if args.quick else "full", time.monotonic() - t0, reused
-    )
+        saved["elapsed_s"] = time.monotonic() - t0
+        saved_at = results_path(args.out)
+        saved_at.parent.mkdir(parents=True, exist_ok=True)
+        saved_at.write_text(json.dumps(saved, default=str))
+    saved["elapsed_s"] = time.monotonic() - t0
+    text = write_report(saved, Path(args.out))
     print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text + "\n")
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
