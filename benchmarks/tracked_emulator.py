@@ -12,22 +12,17 @@ its first status poll and its poll count. Two extra admin endpoints, no token:
 
 from __future__ import annotations
 
-import asyncio
 import json
-import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from airflow_provider_nanobanana.emulator.__main__ import build_parser, config_from_args
-from airflow_provider_nanobanana.emulator.app import Emulator, create_app
+from airflow_provider_nanobanana.emulator.__main__ import serve as serve_emulator
+from airflow_provider_nanobanana.emulator.app import Emulator
 from airflow_provider_nanobanana.emulator.server import (
-    QuietServer,
-    bind_socket,
     run_coroutine,
-    url_for,
-    uvicorn_config,
 )
 
 Scope = MutableMapping[str, Any]
@@ -99,26 +94,7 @@ async def _json(send: Send, body: dict[str, Any]) -> None:
 
 async def serve(argv: list[str]) -> None:
     args = build_parser().parse_args(argv)
-    config = config_from_args(args)
-    sock = bind_socket(args.host, args.port)
-    app = PollTracker(create_app(config))
-    address = url_for(args.host, sock.getsockname()[1])
-
-    def announce() -> None:
-        sys.stdout.write(f"listening on {address}\n")
-        sys.stdout.flush()
-
-    server = QuietServer(uvicorn_config(app, log_level=args.log_level), on_started=announce)  # type: ignore[arg-type]
-    loop = asyncio.get_running_loop()
-
-    def request_exit() -> None:
-        if server.should_exit:
-            server.force_exit = True
-        server.should_exit = True
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, request_exit)
-    await server.serve(sockets=[sock])
+    await serve_emulator(config_from_args(args), args.host, args.port, args.log_level, wrap=PollTracker)
 
 
 def main(argv: list[str]) -> int:

@@ -114,10 +114,19 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
     return EmulatorConfig(**given(_CONFIG_FLAGS), faults=FaultConfig(**faults))
 
 
-async def serve(config: EmulatorConfig, host: str, port: int, log_level: str) -> None:
-    """Serve until SIGINT/SIGTERM; announce the address on stdout once connections are accepted."""
+async def serve(
+    config: EmulatorConfig,
+    host: str,
+    port: int,
+    log_level: str,
+    wrap: Callable[[Any], Any] | None = None,
+) -> None:
+    """Serve until SIGINT/SIGTERM; announce the address on stdout once connections are accepted.
+
+    ``wrap`` wraps the ASGI app (a benchmark's request tracker), so no caller copies this loop.
+    """
     sock = bind_socket(host, port)
-    app = create_app(config)
+    app = create_app(config) if wrap is None else wrap(create_app(config))
     address = url_for(host, sock.getsockname()[1])
 
     def announce() -> None:
