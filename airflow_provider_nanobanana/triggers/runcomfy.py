@@ -7,6 +7,7 @@ The trigger only polls. Submitting happens on the worker, because a triggerer re
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -91,13 +92,19 @@ class RunComfyJobTrigger(BaseTrigger):
             # Resolved before taking a poll slot: a connection lookup must not hold one.
             await hook.aget_settings()
             budget = shared_poll_budget()
+            logged_state = watch.state
             while not watch.expired():
                 async with budget.slot():
                     event = await watch.apoll(hook)
                 if event is not None:
                     return event
                 if line := watch.progress():
-                    self.log.info(line)
+                    # Only a change of state is worth an INFO line. A triggerer's log lines travel
+                    # through its supervisor, and 10,000 triggers reporting queue positions and
+                    # heartbeats at INFO were seen to fill that channel until the loop stalled.
+                    level = logging.INFO if watch.state is not logged_state else logging.DEBUG
+                    logged_state = watch.state
+                    self.log.log(level, line)
                 await asyncio.sleep(watch.next_delay())
             return watch.timeout_event()
         except Exception as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 import httpx
@@ -88,6 +89,44 @@ async def test_success_after_queue_and_progress():
     assert events[0]["status"] == "success"
     assert "images" not in events[0]  # a verdict: the worker fetches the result once
     assert result.call_count == 0
+
+
+@respx.mock
+async def test_only_state_changes_are_logged_at_info():
+    """A triggerer's log lines pass through its supervisor: 10,000 triggers logging every queue move
+    at INFO filled that channel until the triggerer stalled. Queue moves go to DEBUG."""
+    queued = [httpx.Response(200, json={"status": "in_queue", "queue_position": p}) for p in (5, 4, 3, 2, 1)]
+    running = [httpx.Response(200, json={"status": "in_progress"})] * 3
+    respx.get(STATUS).mock(side_effect=[*queued, *running, httpx.Response(200, json={"status": "completed"})])
+    respx.get(RESULT)
+    t = trigger()
+    t._log = RecordingLog()
+    await events_of(t)
+    progress = [(level, line) for level, line in t._log.lines if line.startswith(f"{RID}: ")]
+    info = [line for level, line in progress if level == logging.INFO]
+    assert len(info) == 2, info
+    assert "in_queue" in info[0]
+    assert "in_progress" in info[1]
+    assert sum(level == logging.DEBUG for level, _ in progress) >= 4
+
+
+class RecordingLog:
+    """Airflow's triggers log through structlog, which pytest's caplog does not see."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[int, str]] = []
+
+    def log(self, level: int, msg: str, *args: object) -> None:
+        self.lines.append((level, msg % args if args else msg))
+
+    def info(self, msg: str, *args: object) -> None:
+        self.log(logging.INFO, msg, *args)
+
+    def debug(self, msg: str, *args: object) -> None:
+        self.log(logging.DEBUG, msg, *args)
+
+    def exception(self, msg: str, *args: object) -> None:
+        self.log(logging.ERROR, msg, *args)
 
 
 KWARGS_0_1_0 = {
