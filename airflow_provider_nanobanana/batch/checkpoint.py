@@ -140,10 +140,19 @@ class BatchCheckpoint:
         return f"s3://{self.bucket}/{self.manifest_key}"
 
     def _put(self, key: str, document: Mapping[str, Any], **condition: str) -> Any:
-        body = json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
-        return self._client.put_object(
-            Bucket=self.bucket, Key=key, Body=body, ContentType="application/json", **condition
-        )
+        return put_json(self._client, self.bucket, key, document, **condition)
+
+
+def put_json(client: Any, bucket: str, key: str, document: Mapping[str, Any], **condition: str) -> Any:
+    """PUT ``document`` as compact JSON; ``condition`` is ``IfMatch=etag`` or ``IfNoneMatch="*"``.
+    Shared with :mod:`airflow_provider_nanobanana.spend.budget`, whose ledger uses the same CAS."""
+    body = json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
+    return client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json", **condition)
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """True when a conditional write lost the race (another writer created or changed the object)."""
+    return isinstance(exc, botocore.exceptions.ClientError) and _error_code(exc) in _CONFLICT_CODES
 
 
 def _error_code(exc: botocore.exceptions.ClientError) -> str:
