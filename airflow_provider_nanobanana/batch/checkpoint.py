@@ -51,6 +51,10 @@ class BatchCheckpoint:
         return f"{self.prefix}/{name}" if self.prefix else name
 
     @property
+    def client(self) -> Any:
+        return self._client
+
+    @property
     def state_key(self) -> str:
         return self._key(STATE_FILENAME)
 

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from airflow_provider_nanobanana.batch.trigger import RunComfyBatchTrigger
     from airflow_provider_nanobanana.hooks.runcomfy import RunComfyHook
     from airflow_provider_nanobanana.media.hook import S3MediaHook
+    from airflow_provider_nanobanana.spend.budget import SpendLedger
 
 SAVE_EVERY_S = 1.0
 #: On a graceful stop, submits already under way get this long to finish and be recorded.
@@ -51,8 +52,12 @@ class BatchRun:
         media: S3MediaHook,
         checkpoint: BatchCheckpoint,
         state: BatchState,
+        *,
+        ledger: SpendLedger | None = None,
     ) -> None:
         self.t = trigger
+        #: The spend budget, when one is set: a unit is reserved before each claim (so before each POST).
+        self.ledger = ledger
         self.log = trigger.log
         self.hook, self.media, self.checkpoint = hook, media, checkpoint
         self.state = state
@@ -163,10 +168,13 @@ class BatchRun:
         item.claims += 1
         item.move(ItemState.SUBMITTING)
         claims = item.claims
+        if not await self._reserve(item_id, claims):
+            return
         try:
             claimed = await asyncio.to_thread(self.checkpoint.claim, self.generation, item, self.owner)
         except Exception as exc:  # noqa: BLE001 - S3 down: not sent; try again with the next claim
             self.by_id[item_id].move(ItemState.PENDING, error=f"could not claim the item: {exc}")
+            await self._release(item_id, claims)
             return
         if not claimed:
             self.log.info("Item %s is being submitted by another copy of this trigger", item_id)
@@ -192,6 +200,36 @@ class BatchRun:
             await self._record(item_id, claims, ItemState.SUBMIT_UNKNOWN, sent=True, error=error)
         else:
             await self._record(item_id, claims, ItemState.ACTIVE, sent=True, request_id=response.request_id)
+
+    async def _reserve(self, item_id: str, claims: int) -> bool:
+        """Take a unit of the spend budget for this claim (so for its one possible POST).
+
+        Keyed by the item and its claim number: a restarted or duplicated trigger that reaches the
+        same claim counts nothing more. Refused: the item ends ``skipped_budget``, never sent.
+        """
+        if self.ledger is None:
+            return True
+        usd = self.t.price_per_request_usd or 0.0
+        try:
+            reserved = await asyncio.to_thread(self.ledger.reserve, item_id, claims, usd=usd)
+        except Exception as exc:  # noqa: BLE001 - S3 down: not sent; try again with the next claim
+            self.by_id[item_id].move(ItemState.PENDING, error=f"could not reserve budget: {exc}")
+            return False
+        if not reserved:
+            self.log.info("Item %s is over the spend budget: not submitted", item_id)
+            self.by_id[item_id].move(
+                ItemState.SKIPPED_BUDGET, error="the spend budget was used up; not submitted, not paid"
+            )
+        return reserved
+
+    async def _release(self, item_id: str, claims: int) -> None:
+        """The claim's POST provably never left: give its unit of budget back."""
+        if self.ledger is None:
+            return
+        try:
+            await asyncio.to_thread(self.ledger.release, item_id, claims)
+        except Exception as exc:  # noqa: BLE001 - the unit stays spent: the budget errs on the safe side
+            self.log.warning("Could not release the budget of item %s: %s", item_id, exc)
 
     async def _record(
         self,
@@ -219,6 +257,8 @@ class BatchRun:
             )
         except Exception as exc:  # noqa: BLE001 - the state save records the outcome too
             self.log.warning("Could not record claim %d of item %s: %s", claims, item_id, exc)
+        if not sent:
+            await self._release(item_id, claims)
 
     async def _settle_from_claim(self, item_id: str) -> None:
         """Learn what became of an item claimed by another writer, or by a run that stopped."""
@@ -242,6 +282,7 @@ class BatchRun:
             self._watch(item)
         elif claim is None or claim.get("sent") is False:
             item.move(ItemState.PENDING, error=item.error)  # the POST never left: send it again
+            await self._release(item_id, item.claims)  # ... under a new claim, with a new reservation
         elif time.time() - float(claim.get("claimed_at") or 0) >= self.claim_grace_s:
             item.move(
                 ItemState.SUBMIT_UNKNOWN,

@@ -28,6 +28,9 @@ class ItemState(str, Enum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     SUBMIT_UNKNOWN = "submit_unknown"
+    #: The spend budget (``max_paid_requests``/``max_spend_usd``) did not cover it: never submitted,
+    #: never paid, not a failure (see spend/budget.py).
+    SKIPPED_BUDGET = "skipped_budget"
 
     @property
     def is_final(self) -> bool:
@@ -44,7 +47,14 @@ class ItemState(str, Enum):
 
 
 FINAL_ITEM_STATES = frozenset(
-    {ItemState.COMPLETED, ItemState.ARCHIVED, ItemState.FAILED, ItemState.CANCELLED, ItemState.SUBMIT_UNKNOWN}
+    {
+        ItemState.COMPLETED,
+        ItemState.ARCHIVED,
+        ItemState.FAILED,
+        ItemState.CANCELLED,
+        ItemState.SUBMIT_UNKNOWN,
+        ItemState.SKIPPED_BUDGET,
+    }
 )
 
 
@@ -67,6 +77,8 @@ class BatchItem(BaseModel):
     error: str = ""
     archived: list[str] = Field(default_factory=list)
     manifest: str | None = None
+    #: USD RunComfy reported for the item's last job (``result?include_cost=true``), when it did.
+    cost_usd: float | None = None
 
     def move(self, state: ItemState, *, error: str = "", request_id: str | None = None) -> None:
         """Change state (and keep ``version`` honest); ``request_id`` is kept unless a new one is given."""
@@ -138,7 +150,7 @@ def summary(state: BatchState) -> dict[str, Any]:
 
 def manifest_entry(item: BatchItem) -> dict[str, Any]:
     entry = item.model_dump(
-        mode="json", include={"id", "state", "request_id", "error", "archived", "manifest"}
+        mode="json", include={"id", "state", "request_id", "error", "archived", "manifest", "cost_usd"}
     )
     entry["image_urls"] = [redact_url(u) for u in item.image_urls]
     return entry

@@ -25,6 +25,7 @@ from airflow_provider_nanobanana.batch.state import BatchEvent, ItemState
 from airflow_provider_nanobanana.hooks.runcomfy import RunComfyHook
 from airflow_provider_nanobanana.models import DEFAULT_MODEL_ID
 from airflow_provider_nanobanana.polling import hold_until
+from airflow_provider_nanobanana.spend.budget import BudgetLimits, batch_ledger
 from airflow_provider_nanobanana.triggers.versioning import check_kwargs_version
 
 #: Version of the serialized kwargs. 1 (0.1.0, no ``kwargs_version`` key) had no release hold.
@@ -54,6 +55,9 @@ class RunComfyBatchTrigger(BaseTrigger):
         poll_max_s: float = 30.0,
         presign_expiry_s: int = 6 * 3600,
         release_not_before_epoch_s: float | None = None,
+        max_paid_requests: int | None = None,
+        max_spend_usd: float | None = None,
+        price_per_request_usd: float | None = None,
         kwargs_version: int = 1,
     ) -> None:
         super().__init__()
@@ -73,6 +77,10 @@ class RunComfyBatchTrigger(BaseTrigger):
         self.poll_max_s = poll_max_s
         self.presign_expiry_s = presign_expiry_s
         self.release_not_before_epoch_s = release_not_before_epoch_s
+        #: The spend budget (spend/budget.py); absent in kwargs of 0.1.0/0.2.0 triggers: no budget.
+        self.max_paid_requests = max_paid_requests
+        self.max_spend_usd = max_spend_usd
+        self.price_per_request_usd = price_per_request_usd
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -93,6 +101,9 @@ class RunComfyBatchTrigger(BaseTrigger):
                 "poll_max_s": self.poll_max_s,
                 "presign_expiry_s": self.presign_expiry_s,
                 "release_not_before_epoch_s": self.release_not_before_epoch_s,
+                "max_paid_requests": self.max_paid_requests,
+                "max_spend_usd": self.max_spend_usd,
+                "price_per_request_usd": self.price_per_request_usd,
             },
         )
 
@@ -125,7 +136,8 @@ class RunComfyBatchTrigger(BaseTrigger):
             return BatchEvent(
                 status="error", checkpoint_uri=checkpoint.uri, message="no batch checkpoint there"
             )
-        return await BatchRun(self, hook, media, checkpoint, state).run()
+        ledger = batch_ledger(checkpoint, BudgetLimits(self.max_paid_requests, self.max_spend_usd))
+        return await BatchRun(self, hook, media, checkpoint, state, ledger=ledger).run()
 
     async def on_kill(self) -> None:
         """Airflow >= 3.3, on mark-failed/clear of the deferred batch: cancel its still-queued jobs.

@@ -35,7 +35,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from airflow_provider_nanobanana.batch.checkpoint import is_conflict, put_json
+from airflow_provider_nanobanana.batch.checkpoint import BatchCheckpoint, is_conflict, put_json
 from airflow_provider_nanobanana.exceptions import RunComfyError
 
 #: Conditional writes retried when other writers keep winning (each retry re-reads the ledger).
@@ -43,6 +43,7 @@ MAX_WRITE_ATTEMPTS = 50
 #: Amounts are compared with this slack so 20 x $0.05 fits a $1.00 budget despite float rounding.
 USD_EPSILON = 1e-9
 LEDGER_VERSION = 1
+BATCH_LEDGER_FILENAME = "_batch/budget.json"
 
 
 class OnBudgetExhausted(str, Enum):
@@ -139,8 +140,8 @@ class SpendLedger:
     processes are kept honest by the conditional writes alone.
 
     Costs, in S3 requests: one PUT per reservation while this process is the only writer (the ETag
-    of its own last write is current), plus one GET and one PUT per lost race; a refused
-    reservation is one GET at most and writes nothing; ``settle`` is one PUT for any number of items.
+    of its own last write is current), plus one GET and one PUT per lost race; a refusal is one GET
+    (it is decided on a fresh read) and writes nothing; ``settle`` is one PUT for any number of items.
     """
 
     def __init__(self, client: Any, bucket: str, key: str, limits: BudgetLimits) -> None:
@@ -231,10 +232,16 @@ class SpendLedger:
     def _update(self, change: Any) -> bool:
         """Apply ``change`` (returns True/False to stop without writing, None to write) under CAS."""
         with self._lock:
-            doc = self._doc if self._doc is not None else self.load()
+            fresh = self._doc is None
+            doc = self.load() if self._doc is None else self._doc
             for _ in range(MAX_WRITE_ATTEMPTS):
                 working = doc.model_copy(deep=True)
                 verdict = change(working)
+                if verdict is not None and not fresh:
+                    # A write would be caught by If-Match, a decision without one would not: a
+                    # refusal (or "already held") is only ever made on what S3 holds now.
+                    doc, fresh = self.load(), True
+                    continue
                 if verdict is not None:
                     return bool(verdict)
                 working.limits = {k: v for k, v in self.limits.as_kwargs().items() if v is not None}
@@ -248,11 +255,23 @@ class SpendLedger:
                         self._doc = None  # unknown whether it was written: read it again next time
                         raise
                     time.sleep(random.uniform(0, 0.05))  # jitter, so racing writers spread out
-                    doc = self.load()
+                    doc, fresh = self.load(), True
                     continue
                 self._doc, self._etag = working, response["ETag"]
                 return True
         raise RunComfyError(f"could not update the spend ledger {self.uri}: other writers kept changing it")
+
+
+def batch_ledger(checkpoint: BatchCheckpoint, limits: BudgetLimits) -> SpendLedger | None:
+    """The budget of one batch, beside its checkpoint (``.../_batch/budget.json``); None: no budget.
+
+    Per batch, not per try: a task retry resumes the same checkpoint, so it spends from the same
+    ledger; an item's attempt is its claim number, which only ever grows.
+    """
+    if not limits.is_set:
+        return None
+    key = f"{checkpoint.prefix}/{BATCH_LEDGER_FILENAME}" if checkpoint.prefix else BATCH_LEDGER_FILENAME
+    return SpendLedger(checkpoint.client, checkpoint.bucket, key, limits)
 
 
 def check_projected_spend(
