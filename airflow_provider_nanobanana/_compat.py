@@ -18,7 +18,25 @@ try:  # Airflow >= 3.2
 except ImportError:  # Airflow 3.1
     from airflow.configuration import conf  # type: ignore[assignment]
 
-__all__ = ["AirflowFailException", "TaskDeferred", "airflow_mask_secret", "conf"]
+try:  # Airflow >= 3.3: a task's retry_policy decides retry or fail from the exception itself
+    from airflow.sdk.definitions.retry_policy import RetryPolicy
+
+    HAS_RETRY_POLICY = True
+except ImportError:  # Airflow < 3.3: operators take no retry_policy; Airflow's retries apply as before
+    HAS_RETRY_POLICY = False
+
+    class RetryPolicy:  # type: ignore[no-redef]
+        """Stand-in base, so the provider's policy class exists; Airflow never consults it here."""
+
+
+__all__ = [
+    "HAS_RETRY_POLICY",
+    "AirflowFailException",
+    "RetryPolicy",
+    "TaskDeferred",
+    "airflow_mask_secret",
+    "conf",
+]
 
 
 def airflow_mask_secret() -> Callable[[Any, str | None], None] | None:

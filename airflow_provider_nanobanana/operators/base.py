@@ -19,6 +19,7 @@ from airflow_provider_nanobanana.media.keys import DEFAULT_KEY_TEMPLATE, MAX_PRE
 from airflow_provider_nanobanana.models import DEFAULT_MODEL_ID, MODEL_PARAMETERS
 from airflow_provider_nanobanana.outcome import check_seconds
 from airflow_provider_nanobanana.polling import PollPolicy
+from airflow_provider_nanobanana.retry_policy import default_retry_policy
 
 if TYPE_CHECKING:
     from airflow_provider_nanobanana.media.hook import S3MediaHook
@@ -44,6 +45,11 @@ class NanoBananaBaseOperator(BaseOperator):
     :param min_deferral: seconds after deferring before the trigger may fire, so a job that ends
         just after the task deferred cannot hit Airflow's defer-exit race (``None``: ``[nanobanana]
         min_deferral_s``, default 15). See docs/reliability.md.
+
+    On Airflow 3.3+ the task's ``retry_policy`` defaults to
+    :class:`~airflow_provider_nanobanana.retry_policy.RunComfyRetryPolicy` (auth and rejected input
+    fail at once, a 429 retries after ``Retry-After``); pass ``retry_policy=...`` (or ``None``) to
+    override it. See docs/retries.md.
     """
 
     def __init__(
@@ -68,6 +74,7 @@ class NanoBananaBaseOperator(BaseOperator):
         min_deferral: float | None = None,
         **kwargs: Any,
     ) -> None:
+        default_retry_policy(kwargs)
         super().__init__(**kwargs)
         self.prompt = prompt
         self.num_images = num_images
