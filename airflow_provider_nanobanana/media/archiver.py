@@ -56,6 +56,8 @@ from airflow_provider_nanobanana.redaction import redact_httpx_logs, redact_url
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
+    from airflow_provider_nanobanana.media.quality import QualityGate
+
 log = logging.getLogger(__name__)
 
 #: Read size from the output stream; the part buffer fills in steps of this.
@@ -93,10 +95,14 @@ class OutputArchiver:
         self.max_output_bytes = max_output_bytes
         self._retry = partial(call_with_retries, max_attempts=max_attempts, base_delay_s=retry_base_delay_s)
 
-    def archive(self, job: ArchiveJob) -> ArchiveResult:
-        """Copy every output of ``job`` into S3 and write its manifest; see ``S3MediaHook.archive_outputs``."""
+    def archive(self, job: ArchiveJob, quality: QualityGate | None = None) -> ArchiveResult:
+        """Copy every output of ``job`` into S3 and write its manifest; see ``S3MediaHook.archive_outputs``.
+
+        With ``quality``, each output is inspected as it streams and rejected (never stored) or flagged
+        per its policy; the manifest then carries ``quality`` and ``paid_requests`` (``media/quality.py``).
+        """
         started_at, t0 = _utcnow(), time.monotonic()
-        archived, missing = self._archive_all(job)
+        archived, missing = self._archive_all(job, quality)
         if missing:
             raise OutputsNotArchivedError(job.request_id, missing, archived)
         finished_at, duration_s = _utcnow(), time.monotonic() - t0
@@ -113,6 +119,8 @@ class OutputArchiver:
             finished_at=finished_at,
             duration_s=duration_s,
         )
+        if quality is not None:
+            manifest.update(quality.manifest_fields())
         self._write_manifest(job, manifest)
         return ArchiveResult(
             request_id=job.request_id,
@@ -141,21 +149,25 @@ class OutputArchiver:
             },
         )
 
-    def _archive_all(self, job: ArchiveJob) -> tuple[list[ArchivedOutput], list[MissingOutput]]:
+    def _archive_all(
+        self, job: ArchiveJob, quality: QualityGate | None = None
+    ) -> tuple[list[ArchivedOutput], list[MissingOutput]]:
         archived: list[ArchivedOutput] = []
         missing: list[MissingOutput] = []
         with self.http_client() as http:
             for index, url in enumerate(job.output_urls):
                 try:
                     archived.append(
-                        self._retry(partial(self._archive_one, job, http, index), f"output {index}")
+                        self._retry(partial(self._archive_one, job, http, index, quality), f"output {index}")
                     )
                 except OutputFailure as failure:
                     log.error("Output %d (%s) not archived: %s", index, redact_url(url), failure.reason)
                     missing.append(MissingOutput(index, redact_url(url), failure.reason, failure.transient))
         return archived, missing
 
-    def _archive_one(self, job: ArchiveJob, http: httpx.Client, index: int) -> ArchivedOutput:
+    def _archive_one(
+        self, job: ArchiveJob, http: httpx.Client, index: int, quality: QualityGate | None = None
+    ) -> ArchivedOutput:
         """Skip the output if an earlier run archived it completely; otherwise stream it into S3."""
         t0 = time.monotonic()
         url = job.output_urls[index]
@@ -194,7 +206,9 @@ class OutputArchiver:
             chunks = decoded_chunks(response.iter_raw(READ_CHUNK_BYTES), decoder)
             head_chunk = next(chunks, b"")
             if not head_chunk:
-                raise OutputFailure("the output is empty (0 bytes)", transient=False)
+                if quality is None:
+                    raise OutputFailure("the output is empty (0 bytes)", transient=False)
+                quality.report(index, "the output is empty (0 bytes)")  # raises unless kept
             content_type = resolve_content_type(
                 head_chunk[:SNIFF_BYTES], url=url, declared=response.headers.get("content-type")
             )
@@ -210,7 +224,7 @@ class OutputArchiver:
                 client,
                 bucket=job.bucket,
                 key=key,
-                chunks=itertools.chain([head_chunk], chunks),
+                chunks=_inspected(quality, index, itertools.chain([head_chunk], chunks), content_type),
                 content_type=content_type,
                 metadata=job.metadata_for(index),
                 part_size=self.part_size_bytes,
@@ -291,6 +305,12 @@ def _existing_objects(client: S3Client, bucket: str, candidates: set[str]) -> Ex
             if item["Key"] in candidates:
                 found.heads[item["Key"]] = client.head_object(Bucket=bucket, Key=item["Key"])
     return found
+
+
+def _inspected(
+    quality: QualityGate | None, index: int, chunks: Iterator[bytes], content_type: str
+) -> Iterator[bytes]:
+    return chunks if quality is None else quality.watch(index, chunks, content_type)
 
 
 def _utcnow() -> str:

@@ -33,6 +33,8 @@ from airflow_provider_nanobanana.models import DEFAULT_MODEL_ID, MAX_INPUT_IMAGE
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
+    from airflow_provider_nanobanana.media.quality import QualityGate
+
 log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
@@ -149,6 +151,7 @@ class S3MediaHook:
         parameters: Mapping[str, Any] | None = None,
         extra_metadata: Mapping[str, str] | None = None,
         overwrite: bool = False,
+        quality: QualityGate | None = None,
     ) -> ArchiveResult:
         """Copy every output of ``request_id`` into ``dest_uri`` and write a manifest beside them.
 
@@ -166,6 +169,8 @@ class S3MediaHook:
         :param extra_metadata: More S3 user metadata for every image (ASCII-escaped).
         :param overwrite: Replace objects at the target keys that belong to another request (or to no
             request at all). Off by default, so a custom template cannot silently destroy other archives.
+        :param quality: The output quality gate (``media/quality.py``): each output is inspected as it
+            streams, and rejected (not stored) or flagged in the manifest per its policy. ``None``: no check.
         :raises OutputURLRefusedError: an output URL is not allowed; nothing was fetched.
         :raises OutputsNotArchivedError: some outputs failed after retries; the rest are archived.
         :raises ArchiveError: all images are archived but the manifest could not be written.
@@ -186,7 +191,7 @@ class S3MediaHook:
             overwrite=overwrite,
             allowed_output_hosts=self.allowed_output_hosts,
         )
-        return self.archiver.archive(job)
+        return self.archiver.archive(job, quality)
 
     @property
     def archiver(self) -> OutputArchiver:
