@@ -29,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from airflow_provider_nanobanana.emulator import billing
 from airflow_provider_nanobanana.emulator.config import EmulatorConfig, FaultEndpoint
 from airflow_provider_nanobanana.emulator.connections import ConnectionRegistry
 from airflow_provider_nanobanana.emulator.counters import Counters
@@ -55,8 +56,6 @@ from airflow_provider_nanobanana.models import EditRequest, JobState, describe_v
 
 Handler = Callable[[Request], Awaitable[Response]]
 
-#: Emulated list price per output image, reported by ``result?include_cost=true``.
-PRICE_PER_IMAGE_USD = {"0.5K": 0.06, "1K": 0.08, "2K": 0.12, "4K": 0.16}
 _FILE_NAME = re.compile(r"^(\d{1,2})\.([a-z]{3,4})$")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 
@@ -147,6 +146,10 @@ class Emulator:
 
         return run
 
+    def deny(self, request: Request) -> Response | None:
+        """The 401 answer for a request without the right bearer token; None when it may pass."""
+        return self._denied(request)
+
     def _denied(self, request: Request) -> Response | None:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer" and hmac.compare_digest(
@@ -205,6 +208,7 @@ class Emulator:
             return error_body(422, 422001, describe_validation_error(exc), detail=detail)
         job = self.store.submit(model_id, edit)
         self.counters.jobs_created += 1
+        billing.charge(self, edit)
         base = _base_url(request)
         links = self._links(base, job.request_id)
         return JSONResponse(
@@ -238,7 +242,7 @@ class Emulator:
         elif job.state is JobState.FAILED:
             body["error"] = job.error
         if job.state.is_terminal and request.query_params.get("include_cost", "").lower() in _TRUE:
-            body["cost"] = _cost(job)
+            billing.add_cost(self, job, body)
         return JSONResponse(body)
 
     async def cancel(self, request: Request) -> Response:
@@ -348,9 +352,17 @@ class Emulator:
             return _not_found("no request with this request_id")
         return JSONResponse({"request_id": job.request_id, "status": job.state.value, "error": job.error})
 
+    def _billing(self, handler: Callable[[Emulator, Request], Awaitable[Response]]) -> Handler:
+        async def run(request: Request) -> Response:
+            return await handler(self, request)
+
+        return run
+
     def routes(self) -> list[Route]:
         return [
             Route("/v1/models/{model_id:path}", self.endpoint("submit", self.submit), methods=["POST"]),
+            Route("/v1/models/{model_id:path}", self._billing(billing.model_info), methods=["GET"]),
+            Route("/balance", self._billing(billing.balance), methods=["GET"]),
             Route("/v1/requests/{request_id}/status", self.endpoint("status", self.status), methods=["GET"]),
             Route("/v1/requests/{request_id}/result", self.endpoint("result", self.result), methods=["GET"]),
             Route("/v1/requests/{request_id}/cancel", self.endpoint("cancel", self.cancel), methods=["POST"]),
@@ -366,12 +378,6 @@ class Emulator:
 
 def _base_url(request: Request) -> str:
     return str(request.base_url).rstrip("/")
-
-
-def _cost(job: Job) -> float:
-    if job.state is not JobState.COMPLETED:
-        return 0.0
-    return round(PRICE_PER_IMAGE_USD[job.request.resolution] * job.request.num_images, 4)
 
 
 async def _http_error(_request: Request, exc: Exception) -> Response:

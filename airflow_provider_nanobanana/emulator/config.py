@@ -21,6 +21,7 @@ ALL_ENDPOINTS: frozenset[FaultEndpoint] = frozenset({"submit", "status", "result
 #: Output downloads are left alone by default: most scenarios are about the API, not the CDN.
 DEFAULT_FAULT_ENDPOINTS: frozenset[FaultEndpoint] = frozenset({"submit", "status", "result", "cancel"})
 FIVE_XX_STATUSES = (500, 502, 503, 504)
+BillingFault = Literal["price_missing", "cost_missing", "balance_500", "balance_404"]
 
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]
 Seconds = Annotated[float, Field(ge=0.0)]
@@ -100,6 +101,10 @@ class EmulatorConfig(_Settings):
     input_timeout_s: Annotated[float, Field(gt=0.0)] = 30.0
     models: frozenset[str] = frozenset({DEFAULT_MODEL_ID})
     faults: FaultConfig = Field(default_factory=FaultConfig)
+    #: The account's starting balance (``GET /balance``); every created job is charged its list price.
+    balance_usd: Annotated[float, Field(ge=0.0)] = 100.0
+    #: Take billing answers away (billing.py): no price, no cost, or ``/balance`` answering 500/404.
+    billing_faults: frozenset[BillingFault] = frozenset()
 
     @model_validator(mode="after")
     def _run_range(self) -> EmulatorConfig:
@@ -113,6 +118,17 @@ class EmulatorConfig(_Settings):
         if isinstance(value, str):
             return frozenset(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @field_validator("billing_faults", mode="before")
+    @classmethod
+    def _split_billing_faults(cls, value: object) -> object:
+        if isinstance(value, str):
+            return frozenset(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_serializer("billing_faults")
+    def _sorted_billing_faults(self, value: frozenset[str]) -> list[str]:
+        return sorted(value)
 
     @field_serializer("models")
     def _sorted_models(self, value: frozenset[str]) -> list[str]:

@@ -33,6 +33,10 @@ class Counters:
     bytes_served: int = 0
     jobs_created: int = 0
     auth_failures: int = 0
+    #: Billing (billing.py): list price of every job created, and reads of price and balance.
+    spent_usd: float = 0.0
+    model_reads: int = 0
+    balance_reads: int = 0
     faults_injected: Counter[str] = field(default_factory=Counter)
     submits_per_model: Counter[str] = field(default_factory=Counter)
 
@@ -62,6 +66,9 @@ class Counters:
             "bytes_served": self.bytes_served,
             "jobs_created": self.jobs_created,
             "auth_failures": self.auth_failures,
+            "spent_usd": self.spent_usd,
+            "model_reads": self.model_reads,
+            "balance_reads": self.balance_reads,
             "faults_injected": dict(self.faults_injected),
             "faults_total": self.faults_total,
             "submits_per_model": dict(self.submits_per_model),
