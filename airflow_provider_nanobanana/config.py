@@ -42,10 +42,36 @@ class Option:
         return float(value)
 
 
+@dataclass(frozen=True)
+class Choice:
+    """One option that takes one of a few words; anything else falls back to the default."""
+
+    name: str
+    default: str
+    choices: tuple[str, ...]
+
+    def get(self) -> str:
+        try:
+            from airflow_provider_nanobanana._compat import conf
+
+            value = str(conf.get(SECTION, self.name, fallback=self.default)).strip().lower()
+        except Exception as exc:  # noqa: BLE001 - a bad option must never stop a waiter
+            log.warning("[%s] %s is unreadable (%s); using %s", SECTION, self.name, exc, self.default)
+            return self.default
+        if value not in self.choices:
+            log.warning("[%s] %s must be one of %s; using %s", SECTION, self.name, self.choices, self.default)
+            return self.default
+        return value
+
+
 #: Most status/result polls per second across all RunComfy waiters of one triggerer.
 POLL_RATE_PER_S = Option("poll_rate_per_s", 150.0, minimum=0.001)
 #: Most RunComfy polls in flight at once per triggerer.
 POLL_MAX_IN_FLIGHT = Option("poll_max_in_flight", 32.0, minimum=1.0)
+#: Which HTTP transport sends the event loop's status/result GETs: ``aiohttp`` (httpx-aiohttp, about
+#: 8x less CPU per poll) or ``httpx`` (httpx's own). Submit and cancel POSTs always use httpx's own,
+#: which tells a failure before sending from one after.
+POLL_TRANSPORT = Choice("poll_transport", "aiohttp", ("aiohttp", "httpx"))
 #: Seconds the worker keeps polling after submitting before it defers (most edits finish in seconds;
 #: a job that ends in this window never defers, so Airflow's defer-exit race cannot hit it).
 WAIT_BEFORE_DEFER_S = Option("wait_before_defer_s", 10.0)

@@ -64,6 +64,17 @@ def get_provider_info() -> dict[str, Any]:
                         "example": "32",
                         "default": "32",
                     },
+                    "poll_transport": {
+                        "description": "HTTP transport of the status/result GETs on an event loop: "
+                        "aiohttp (httpx-aiohttp, about 8x less CPU per poll) or httpx (httpx's own). "
+                        "Submit and cancel POSTs always use httpx's own transport, which tells a "
+                        "failure before sending from one after. Behind a proxy from the environment "
+                        "GETs use httpx's transport regardless.",
+                        "version_added": "0.2.0",
+                        "type": "string",
+                        "example": "httpx",
+                        "default": "aiohttp",
+                    },
                     "wait_before_defer_s": {
                         "description": "Seconds a task keeps polling on the worker after submitting "
                         "before it defers. A job that finishes in this window never defers, so "

@@ -39,6 +39,16 @@ from botocore.config import Config  # noqa: E402
 logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request access log
 
 
+@pytest.fixture(autouse=True)
+def _respx_mocked_modules_poll_through_httpx(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """respx mocks httpx's own transport, not the aiohttp one that sends the event loop's GETs: a test
+    module that mocks with respx polls through httpx's transport (``[nanobanana] poll_transport``)."""
+    if request.module is not None and "respx" in vars(request.module):
+        monkeypatch.setenv("AIRFLOW__NANOBANANA__POLL_TRANSPORT", "httpx")
+
+
 class MotoS3:
     """A moto server on loopback: a real S3 HTTP API, shared by the session."""
 
