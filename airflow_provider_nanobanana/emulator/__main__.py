@@ -64,6 +64,12 @@ _FAULT_FLAGS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
     ("--rate-html", float, "share of requests answered with a 502 HTML page"),
     ("--slow-body-s", float, "trickle every response body over this many seconds"),
     ("--fault-endpoints", str, "comma-separated subset of submit,status,result,cancel,files"),
+    (
+        "--bad-output",
+        str,
+        "give jobs a bad output: blank | zero_bytes | truncated | undecodable | bomb | wrong_count | empty_url",
+    ),
+    ("--bad-output-jobs", int, "only the next N jobs get --bad-output (default: every job)"),
 )
 _TRUE = frozenset({"1", "true", "yes", "on"})
 

@@ -30,6 +30,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from airflow_provider_nanobanana.emulator import billing
+from airflow_provider_nanobanana.emulator.bad_outputs import BadOutputs
 from airflow_provider_nanobanana.emulator.config import EmulatorConfig, FaultEndpoint
 from airflow_provider_nanobanana.emulator.connections import ConnectionRegistry
 from airflow_provider_nanobanana.emulator.counters import Counters
@@ -78,6 +79,7 @@ class Emulator:
         self.injector = FaultInjector(config.seed)
         self.signer = UrlSigner()
         self.renders = RenderCache()
+        self.bad_outputs = BadOutputs()
         self.store = JobStore(config)
         self.loader: InputLoader | None = None
 
@@ -95,6 +97,8 @@ class Emulator:
 
     def apply_config(self, config: EmulatorConfig) -> None:
         """Swap settings on the running server; jobs already scheduled keep their due times."""
+        if config.faults != self.config.faults:
+            self.bad_outputs.issued = 0  # ``bad_output_jobs`` counts from the change
         self.config = config
         self.store.config = config
         self.store.wake()
@@ -104,6 +108,7 @@ class Emulator:
         self.counters = Counters()
         self.injector.reseed(self.config.seed)
         self.renders.clear()
+        self.bad_outputs.reset()
         if self.loader is not None:
             self.loader.fetches = self.loader.failures = 0
 
@@ -182,7 +187,8 @@ class Emulator:
             expires = int((job.finished_at or time.time()) + self.config.output_ttl_s)
         ext = FILE_EXTENSIONS[job.request.output_format]
         paths = (f"/files/{job.request_id}/{index}.{ext}" for index in range(job.request.num_images))
-        return [f"{base}{path}?{self.signer.query(path, expires)}" for path in paths]
+        urls = [f"{base}{path}?{self.signer.query(path, expires)}" for path in paths]
+        return self.bad_outputs.output_urls(job.request_id, urls)
 
     # --- the API ------------------------------------------------------------------------------
 
@@ -208,6 +214,10 @@ class Emulator:
             return error_body(422, 422001, describe_validation_error(exc), detail=detail)
         job = self.store.submit(model_id, edit)
         self.counters.jobs_created += 1
+        faults = self.config.faults
+        bad = self.bad_outputs.decide(job.request_id, edit.prompt, faults.bad_output, faults.bad_output_jobs)
+        if bad is not None:
+            self.counters.count_fault(f"bad_output_{bad.value}")
         billing.charge(self, edit)
         base = _base_url(request)
         links = self._links(base, job.request_id)
@@ -285,6 +295,9 @@ class Emulator:
             source=self.store.source(job),
         )
         data = await self.renders.get(spec)
+        if self.bad_outputs.spoils(request_id, index):
+            bad = self.bad_outputs.file_bytes
+            data = await asyncio.to_thread(bad, request_id, index, data, fmt, (width, height))
         media_type = MEDIA_TYPES[fmt]
         if self.config.output_pad_bytes > len(data):
             padded = PaddedFile(data, fmt, self.config.output_pad_bytes)

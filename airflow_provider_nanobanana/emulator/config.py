@@ -16,6 +16,8 @@ from airflow_provider_nanobanana.models import DEFAULT_MODEL_ID, MAX_INPUT_IMAGE
 
 FaultEndpoint = Literal["submit", "status", "result", "cancel", "files"]
 DropMode = Literal["mixed", "no_response", "truncated"]
+#: The defects of ``bad_outputs.py`` (``BadOutputKind``), named here so settings need no Pillow.
+BadOutput = Literal["blank", "zero_bytes", "truncated", "undecodable", "bomb", "wrong_count", "empty_url"]
 
 ALL_ENDPOINTS: frozenset[FaultEndpoint] = frozenset({"submit", "status", "result", "cancel", "files"})
 #: Output downloads are left alone by default: most scenarios are about the API, not the CDN.
@@ -60,6 +62,10 @@ class FaultConfig(_Settings):
     slow_body_s: Seconds = 0.0
     #: Output URLs handed out by ``result`` are already past their expiry (independent of ``endpoints``).
     expire_outputs: bool = False
+    #: Jobs get this defect in their outputs (``bad_outputs.py``; independent of ``endpoints``).
+    bad_output: BadOutput | None = None
+    #: Only the next this many jobs get ``bad_output`` (counted from when it is set); ``None``: all.
+    bad_output_jobs: Annotated[int, Field(ge=0)] | None = None
     endpoints: frozenset[FaultEndpoint] = DEFAULT_FAULT_ENDPOINTS
 
     @field_validator("endpoints", mode="before")
