@@ -33,7 +33,11 @@ def get_provider_info() -> dict[str, Any]:
         "operators": [
             {
                 "integration-name": "RunComfy",
-                "python-modules": [f"{PACKAGE}.operators.nano_banana", f"{PACKAGE}.batch.operator"],
+                "python-modules": [
+                    f"{PACKAGE}.operators.nano_banana",
+                    f"{PACKAGE}.batch.operator",
+                    f"{PACKAGE}.report.fleet",
+                ],
             }
         ],
         "sensors": [{"integration-name": "RunComfy", "python-modules": [f"{PACKAGE}.sensors.runcomfy"]}],
@@ -43,7 +47,7 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": [f"{PACKAGE}.triggers.runcomfy", f"{PACKAGE}.batch.trigger"],
             }
         ],
-        "extra-links": [f"{PACKAGE}.links.RunComfyRequestLink"],
+        "extra-links": [f"{PACKAGE}.links.RunComfyRequestLink", f"{PACKAGE}.report.link.ContactSheetLink"],
         "config": {
             "nanobanana": {
                 "description": "Polling and deferral settings of the RunComfy operators, sensor and triggers.",

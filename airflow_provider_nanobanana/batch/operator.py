@@ -24,6 +24,8 @@ from airflow_provider_nanobanana.media.keys import fields_from_context, parse_s3
 from airflow_provider_nanobanana.models import EditRequest
 from airflow_provider_nanobanana.operators.base import NanoBananaBaseOperator
 from airflow_provider_nanobanana.outcome import completed_outputs, deferral_timeout
+from airflow_provider_nanobanana.report.link import ContactSheetLink
+from airflow_provider_nanobanana.report.publish import publish_batch_report
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -57,6 +59,7 @@ class NanoBananaBatchEditOperator(NanoBananaBaseOperator):
     template_fields: Sequence[str] = ("prompt", "items", "input_s3_prefix", "output_s3_uri")
     template_fields_renderers = {"prompt": "md", "items": "json"}
     ui_color = "#ffd000"
+    operator_extra_links = (ContactSheetLink(),)
 
     def __init__(
         self,
@@ -202,6 +205,7 @@ class NanoBananaBatchEditOperator(NanoBananaBaseOperator):
         state, missing = self._archive_completed(context, state, checkpoint)
         manifest = checkpoint.write_manifest(state, {"output_s3_uri": self.output_s3_uri})
         result = {**summary(state), "manifest": manifest, "checkpoint": checkpoint.uri}
+        result["report"] = publish_batch_report(context, self.media, state, manifest_uri=manifest)
         self.log.info("Batch finished: %s; manifest %s", state.counts(), manifest)
         if event is not None and event.status != "success":
             raise RunComfyError(

@@ -1,0 +1,87 @@
+"""Visual reports: a contact sheet (PNG + HTML) of edits, inputs beside outputs, failures marked.
+
+=================  ======================================================================
+``rows``           one row per edit, built from manifests and results; the cap and sampling (pure)
+``sheet``          the PNG: thumbnails made one image at a time, bounded (Pillow, imported lazily)
+``html``           the HTML page: escaped text, embedded thumbnails, no pre-signed URL
+``writer``         render both and put them in S3 through the media hook's client
+``publish``        write a task's report, push it to XCom; the batch operator's call
+``link``           the "Contact sheet" operator extra link
+``fleet``          the report of a mapped single-edit fleet: a function and an operator
+=================  ======================================================================
+
+Names are imported from their module on first access, so importing the pure parts does not load
+Airflow or Pillow. See docs/report.md.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from airflow_provider_nanobanana.report.fleet import NanoBananaContactSheetOperator, edits_report
+    from airflow_provider_nanobanana.report.link import REPORT_XCOM_KEY, ContactSheetLink
+    from airflow_provider_nanobanana.report.publish import publish_batch_report, publish_report
+    from airflow_provider_nanobanana.report.rows import (
+        ReportRow,
+        RowStatus,
+        Selection,
+        rows_from_batch,
+        rows_from_edits,
+        sample_rows,
+        select_rows,
+    )
+    from airflow_provider_nanobanana.report.sheet import SheetLimits, render_sheet
+    from airflow_provider_nanobanana.report.writer import ReportLocation, ReportWriter
+
+_HOMES = {
+    "NanoBananaContactSheetOperator": "fleet",
+    "edits_report": "fleet",
+    "REPORT_XCOM_KEY": "link",
+    "ContactSheetLink": "link",
+    "publish_batch_report": "publish",
+    "publish_report": "publish",
+    "ReportRow": "rows",
+    "RowStatus": "rows",
+    "Selection": "rows",
+    "rows_from_batch": "rows",
+    "rows_from_edits": "rows",
+    "sample_rows": "rows",
+    "select_rows": "rows",
+    "SheetLimits": "sheet",
+    "render_sheet": "sheet",
+    "ReportLocation": "writer",
+    "ReportWriter": "writer",
+}
+
+__all__ = [
+    "REPORT_XCOM_KEY",
+    "ContactSheetLink",
+    "NanoBananaContactSheetOperator",
+    "ReportLocation",
+    "ReportRow",
+    "ReportWriter",
+    "RowStatus",
+    "Selection",
+    "SheetLimits",
+    "edits_report",
+    "publish_batch_report",
+    "publish_report",
+    "render_sheet",
+    "rows_from_batch",
+    "rows_from_edits",
+    "sample_rows",
+    "select_rows",
+]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{home}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
