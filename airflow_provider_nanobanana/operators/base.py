@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from airflow.sdk import BaseOperator
 
@@ -20,6 +20,7 @@ from airflow_provider_nanobanana.models import DEFAULT_MODEL_ID, MODEL_PARAMETER
 from airflow_provider_nanobanana.outcome import check_seconds
 from airflow_provider_nanobanana.polling import PollPolicy
 from airflow_provider_nanobanana.retry_policy import default_retry_policy
+from airflow_provider_nanobanana.trigger_queue import check_triggerer_queue, route_deferral
 
 if TYPE_CHECKING:
     from airflow_provider_nanobanana.media.hook import S3MediaHook
@@ -45,6 +46,10 @@ class NanoBananaBaseOperator(BaseOperator):
     :param min_deferral: seconds after deferring before the trigger may fire, so a job that ends
         just after the task deferred cannot hit Airflow's defer-exit race (``None``: ``[nanobanana]
         min_deferral_s``, default 15). See docs/reliability.md.
+    :param triggerer_queue: run this task's polling only on triggerers started with
+        ``airflow triggerer --queues <name>`` (Airflow 3.2+ with ``[triggerer] queues_enabled``);
+        the task itself still runs on its own ``queue``. ``None``: the task's ``queue``, as Airflow
+        does. Ignored on 3.1. See docs/trigger.md.
 
     On Airflow 3.3+ the task's ``retry_policy`` defaults to
     :class:`~airflow_provider_nanobanana.retry_policy.RunComfyRetryPolicy` (auth and rejected input
@@ -72,6 +77,7 @@ class NanoBananaBaseOperator(BaseOperator):
         poll_max_interval: float = 30.0,
         presign_expiry: int = 6 * 3600,
         min_deferral: float | None = None,
+        triggerer_queue: str | None = None,
         **kwargs: Any,
     ) -> None:
         default_retry_policy(kwargs)
@@ -92,6 +98,7 @@ class NanoBananaBaseOperator(BaseOperator):
         self.poll_max_interval = poll_max_interval
         self.presign_expiry = presign_expiry
         self.min_deferral = check_seconds("min_deferral", min_deferral)
+        self.triggerer_queue = check_triggerer_queue(triggerer_queue)
         if timeout is None or check_seconds("timeout", timeout) == 0:
             raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
         self.timeout = float(timeout)
@@ -150,6 +157,11 @@ class NanoBananaBaseOperator(BaseOperator):
             inputs=inputs,
             parameters={**parameters, "prompt": prompt},
         )
+
+    def defer(self, *, trigger: Any, method_name: str, **kwargs: Any) -> NoReturn:
+        """Airflow's ``defer``, with the trigger on ``triggerer_queue`` (see trigger_queue.py)."""
+        route_deferral(self, self.triggerer_queue)
+        super().defer(trigger=trigger, method_name=method_name, **kwargs)
 
     def min_deferral_s(self) -> float:
         """The hold of this task's trigger, read on the worker where ``[nanobanana]`` applies."""
