@@ -44,11 +44,10 @@ from airflow_provider_nanobanana.media.manifest import (
     META_MODEL_ID,
     META_PROMPT_SHA256,
     META_REQUEST_ID,
-    META_SHA256,
     ascii_metadata,
     build_manifest,
 )
-from airflow_provider_nanobanana.media.multipart import upload_stream
+from airflow_provider_nanobanana.media.multipart import archived_sha256, upload_stream
 from airflow_provider_nanobanana.media.results import ArchivedOutput, ArchiveResult, MissingOutput
 from airflow_provider_nanobanana.media.retry import call_with_retries
 from airflow_provider_nanobanana.redaction import redact_httpx_logs, redact_url
@@ -185,8 +184,9 @@ class OutputArchiver:
                 s3_uri=s3_uri(job.bucket, key),
                 key=key,
                 size_bytes=int(head.get("ContentLength", 0)),
-                sha256=head["Metadata"][META_SHA256],
+                sha256=archived_sha256(client, job.bucket, key, head),
                 content_type=str(head.get("ContentType") or ""),
+                checksum_sha256=str(head.get("ChecksumSHA256") or ""),
                 reused=True,
             )
         with self._open_output(http, url) as response:
@@ -220,7 +220,7 @@ class OutputArchiver:
                     "(use a key_template with {request_id}, or overwrite=True)",
                     transient=False,
                 )
-            size, digest = upload_stream(
+            uploaded = upload_stream(
                 client,
                 bucket=job.bucket,
                 key=key,
@@ -230,6 +230,7 @@ class OutputArchiver:
                 part_size=self.part_size_bytes,
                 max_bytes=self.max_output_bytes,
             )
+        size, digest = uploaded.size, uploaded.sha256
         seconds = time.monotonic() - t0
         log.info(
             "Archived output %d (%s, %s, %d bytes, sha256 %s) to %s in %.1f s",
@@ -249,6 +250,7 @@ class OutputArchiver:
             size_bytes=size,
             sha256=digest,
             content_type=content_type,
+            checksum_sha256=uploaded.checksum_sha256,
             seconds=round(seconds, 3),
         )
 
@@ -303,7 +305,9 @@ def _existing_objects(client: S3Client, bucket: str, candidates: set[str]) -> Ex
     for page in paginator.paginate(Bucket=bucket, Prefix=common_prefix(candidates)):
         for item in page.get("Contents", []):
             if item["Key"] in candidates:
-                found.heads[item["Key"]] = client.head_object(Bucket=bucket, Key=item["Key"])
+                found.heads[item["Key"]] = client.head_object(
+                    Bucket=bucket, Key=item["Key"], ChecksumMode="ENABLED"
+                )
     return found
 
 

@@ -142,17 +142,26 @@ class ArchiveJob:
 
 @dataclass
 class ExistingObjects:
-    """What S3 already holds at an output's candidate keys (filled by one LIST and a HEAD per hit)."""
+    """What S3 already holds at an output's candidate keys (filled by one LIST and a HEAD per hit).
+
+    The HEADs are sent with ``ChecksumMode="ENABLED"``, so each carries S3's ``ChecksumSHA256``.
+    """
 
     heads: dict[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def complete_for(self, request_id: str, index: int) -> tuple[str, Mapping[str, Any]] | None:
+        """The key and HEAD of an object an earlier run archived completely for this output, if any.
+
+        Complete means: our request id and output index in its metadata (written with the object, so
+        they are there from the moment it exists: a multipart object only appears once completed)
+        and an integrity record, S3's SHA-256 checksum or (objects archived by 0.1.0) our sha256.
+        """
         for key, head in sorted(self.heads.items()):
             meta = head.get("Metadata", {})
             if (
                 meta.get(META_REQUEST_ID) == request_id
                 and meta.get(META_OUTPUT_INDEX) == str(index)
-                and meta.get(META_SHA256)
+                and (head.get("ChecksumSHA256") or meta.get(META_SHA256))
             ):
                 return key, head
         return None

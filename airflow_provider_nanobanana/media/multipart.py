@@ -1,20 +1,32 @@
-"""Streaming an output into S3 with bounded memory: one ``PutObject``, or a multipart upload.
+"""Streaming an output into S3 with bounded memory: one ``PutObject``, or a pipelined multipart upload.
 
-At most about one part is held in memory, whatever the output's size. The sha256 of the bytes is only
-known at the end of the stream, and it is what marks an object as complete (see ``archiver.py``), so
-a small output gets it in its single ``PutObject`` and a multipart one gets it by an in-place
-``CopyObject`` after ``CompleteMultipartUpload``. A failed multipart upload is aborted, so no orphaned
-parts are billed; if S3 itself is unreachable the abort cannot be sent either, and the next run at the
-same key aborts what was left (an ``AbortIncompleteMultipartUpload`` lifecycle rule covers the rest).
+At most about two parts are held in memory, whatever the output's size: the part being uploaded (by
+one background thread) and the part being read from the file host. Overlapping the two is what makes a
+large output arrive faster than a download-then-upload.
+
+Integrity is S3's own: every ``PutObject`` and ``UploadPart`` carries the SHA-256 of its bytes
+(``ChecksumAlgorithm="SHA256"`` plus the value computed while streaming), S3 refuses a body that does
+not match, and the completed object keeps the checksum (the full-object one for a single ``PutObject``,
+the composite ``<base64>-<parts>`` one for a multipart upload), readable with
+``HeadObject(ChecksumMode="ENABLED")``. So the archive is one streamed GET and one upload: no
+``CopyObject`` rewrite after the upload to record a hash that is only known at the end. The sha256 of
+the whole output is still computed while streaming and returned (it goes into the manifest); a single
+``PutObject`` also carries it in its metadata, since it is known before that request is sent.
+
+A failed multipart upload is aborted, so no orphaned parts are billed; if S3 itself is unreachable the
+abort cannot be sent either, and the next run at the same key aborts what was left (an
+``AbortIncompleteMultipartUpload`` lifecycle rule covers the rest).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 from collections.abc import Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from airflow_provider_nanobanana.media.errors import OutputFailure
 from airflow_provider_nanobanana.media.keys import s3_uri
@@ -25,6 +37,47 @@ if TYPE_CHECKING:
     from mypy_boto3_s3.type_defs import CompletedPartTypeDef
 
 log = logging.getLogger(__name__)
+
+CHECKSUM_ALGORITHM: Final = "SHA256"
+
+
+@dataclass(frozen=True)
+class Uploaded:
+    """What one :func:`upload_stream` stored."""
+
+    size: int
+    #: Hex sha256 of the whole output, computed while streaming.
+    sha256: str
+    #: S3's ``ChecksumSHA256`` of the object: full-object base64, or composite ``<base64>-<parts>``.
+    checksum_sha256: str
+
+
+def b64_digest(digest: bytes) -> str:
+    return base64.b64encode(digest).decode("ascii")
+
+
+def composite_checksum(part_digests: Iterable[bytes]) -> str:
+    """S3's composite SHA-256 of a multipart object: sha256 over the parts' raw digests, then ``-N``."""
+    digests = list(part_digests)
+    return f"{b64_digest(hashlib.sha256(b''.join(digests)).digest())}-{len(digests)}"
+
+
+def same_checksum(a: str | None, b: str | None) -> bool:
+    """Equal S3 checksums, ignoring the ``-N`` part count some S3 implementations (moto) leave out."""
+    if not a or not b:
+        return False
+    return a.split("-", 1)[0] == b.split("-", 1)[0]
+
+
+def hex_of_full_checksum(checksum: str) -> str | None:
+    """The hex sha256 of the whole object from a full-object checksum; ``None`` for a composite one."""
+    if "-" in checksum:
+        return None
+    try:
+        raw = base64.b64decode(checksum, validate=True)
+    except ValueError:
+        return None
+    return raw.hex() if len(raw) == hashlib.sha256().digest_size else None
 
 
 def upload_stream(
@@ -37,12 +90,13 @@ def upload_stream(
     metadata: Mapping[str, str],
     part_size: int,
     max_bytes: int,
-) -> tuple[int, str]:
-    """Stream ``chunks`` into ``bucket/key`` holding at most about one part in memory; return (size, sha256).
+) -> Uploaded:
+    """Stream ``chunks`` into ``bucket/key`` holding at most about two parts in memory.
 
-    One part or less: a single ``PutObject`` with the sha256 in its metadata. More: a multipart upload,
-    then an in-place ``CopyObject`` that adds the sha256 (only known at the end). Any failure before the
-    upload completes aborts it, so no parts are left behind.
+    One part or less: a single ``PutObject`` with its SHA-256 checksum and the sha256 in metadata.
+    More: a multipart upload with a SHA-256 checksum per part; each part is uploaded in the background
+    while the next is read. Any failure before the upload completes aborts it, so no parts are left
+    behind. Raises :class:`OutputFailure` if S3 reports a checksum other than the one computed here.
     """
     sha = hashlib.sha256()
     size = 0
@@ -60,40 +114,55 @@ def upload_stream(
                     upload = MultipartUpload.start(client, bucket, key, content_type, metadata)
                 upload.add_part(bytes(buffer))
                 buffer.clear()
-        digest = sha.hexdigest()
-        final_metadata = {**metadata, META_SHA256: digest}
+        digest = sha.digest()
         if upload is None:
-            client.put_object(
-                Bucket=bucket, Key=key, Body=bytes(buffer), ContentType=content_type, Metadata=final_metadata
+            expected = b64_digest(digest)
+            response = client.put_object(
+                Bucket=bucket,
+                Key=key,
+                Body=bytes(buffer),
+                ContentType=content_type,
+                Metadata={**metadata, META_SHA256: digest.hex()},
+                ChecksumAlgorithm=CHECKSUM_ALGORITHM,
+                ChecksumSHA256=expected,
             )
-            return size, digest
-        if buffer:
-            upload.add_part(bytes(buffer))
-        etag = upload.complete()
-        upload = None  # completed: nothing left to abort
-        client.copy_object(
-            Bucket=bucket,
-            Key=key,
-            CopySource={"Bucket": bucket, "Key": key},
-            CopySourceIfMatch=etag,
-            MetadataDirective="REPLACE",
-            ContentType=content_type,
-            Metadata=final_metadata,
-        )
-        return size, digest
+        else:
+            if buffer:
+                upload.add_part(bytes(buffer))
+            response_checksum = upload.complete()
+            expected = upload.expected_checksum
+            upload = None  # completed: nothing left to abort
+            return _checked(bucket, key, size, digest, expected, response_checksum)
+        return _checked(bucket, key, size, digest, expected, response.get("ChecksumSHA256"))
     except BaseException:
         if upload is not None:
             upload.abort()
         raise
 
 
+def _checked(
+    bucket: str, key: str, size: int, digest: bytes, expected: str, reported: str | None
+) -> Uploaded:
+    if reported and not same_checksum(reported, expected):
+        raise OutputFailure(
+            f"S3 stored {s3_uri(bucket, key)} with checksum {reported}, not the {expected} of the bytes sent",
+            transient=True,
+        )
+    return Uploaded(size=size, sha256=digest.hex(), checksum_sha256=expected)
+
+
 @dataclass
 class MultipartUpload:
+    """One multipart upload with a SHA-256 checksum per part, uploading one part in the background."""
+
     client: S3Client
     bucket: str
     key: str
     upload_id: str
     parts: list[CompletedPartTypeDef] = field(default_factory=list)
+    part_digests: list[bytes] = field(default_factory=list)
+    _pending: Future[None] | None = None
+    _pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "nanobanana-part"))
 
     @classmethod
     def start(
@@ -101,25 +170,71 @@ class MultipartUpload:
     ) -> MultipartUpload:
         abort_stale_uploads(client, bucket, key)
         response = client.create_multipart_upload(
-            Bucket=bucket, Key=key, ContentType=content_type, Metadata=dict(metadata)
+            Bucket=bucket,
+            Key=key,
+            ContentType=content_type,
+            Metadata=dict(metadata),
+            ChecksumAlgorithm=CHECKSUM_ALGORITHM,
         )
         return cls(client, bucket, key, response["UploadId"])
 
-    def add_part(self, body: bytes) -> None:
-        number = len(self.parts) + 1
-        response = self.client.upload_part(
-            Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=body
-        )
-        self.parts.append({"PartNumber": number, "ETag": response["ETag"]})
+    @property
+    def expected_checksum(self) -> str:
+        return composite_checksum(self.part_digests)
 
-    def complete(self) -> str:
-        response = self.client.complete_multipart_upload(
-            Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, MultipartUpload={"Parts": self.parts}
+    def add_part(self, body: bytes) -> None:
+        """Queue ``body`` as the next part, once the previous part is in (so at most one is in flight)."""
+        self._wait()
+        number = len(self.part_digests) + 1
+        digest = hashlib.sha256(body).digest()
+        self.part_digests.append(digest)
+        self._pending = self._pool.submit(self._send, number, body, b64_digest(digest))
+
+    def _send(self, number: int, body: bytes, checksum: str) -> None:
+        response = self.client.upload_part(
+            Bucket=self.bucket,
+            Key=self.key,
+            UploadId=self.upload_id,
+            PartNumber=number,
+            Body=body,
+            ChecksumAlgorithm=CHECKSUM_ALGORITHM,
+            ChecksumSHA256=checksum,
         )
-        return str(response["ETag"])
+        reported = response.get("ChecksumSHA256")
+        if reported and reported != checksum:
+            raise OutputFailure(
+                f"S3 stored part {number} with checksum {reported}, not {checksum}", transient=True
+            )
+        self.parts.append({"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": checksum})
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def complete(self) -> str | None:
+        """Complete the upload; return the checksum S3 reports for the object, if it reports one."""
+        self._wait()
+        response = self.client.complete_multipart_upload(
+            Bucket=self.bucket,
+            Key=self.key,
+            UploadId=self.upload_id,
+            MultipartUpload={"Parts": sorted(self.parts, key=lambda p: p["PartNumber"])},
+        )
+        self.close()
+        return response.get("ChecksumSHA256")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
 
     def abort(self) -> None:
         """Best effort: if S3 is unreachable the parts stay until a lifecycle rule removes them."""
+        try:
+            self._wait()
+        except Exception:  # noqa: BLE001 - the original error is what is raised
+            pass
+        finally:
+            self.close()
         try:
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
         except Exception as exc:  # noqa: BLE001 - the original error matters more
@@ -142,3 +257,35 @@ def abort_stale_uploads(client: S3Client, bucket: str, key: str) -> None:
         if upload.get("Key") == key:
             client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload["UploadId"])
             log.info("Aborted a stale multipart upload of %s left by an interrupted run", s3_uri(bucket, key))
+
+
+def is_composite(head: Mapping[str, object]) -> bool:
+    """Whether a HEAD's ``ChecksumSHA256`` is a multipart composite (moto drops the ``-N``; the ETag keeps it)."""
+    checksum = str(head.get("ChecksumSHA256") or "")
+    etag = str(head.get("ETag") or "").strip('"')
+    return "-" in checksum or head.get("ChecksumType") == "COMPOSITE" or "-" in etag
+
+
+def archived_sha256(client: S3Client, bucket: str, key: str, head: Mapping[str, object]) -> str:
+    """The hex sha256 of an archived object's bytes, from its HEAD if it holds it, else by reading it.
+
+    A single-``PutObject`` object carries it twice (metadata and full-object checksum); a multipart one
+    only has S3's composite checksum, so its bytes are streamed back once (1 MiB at a time) to hash.
+    That only happens when a rerun finds a large output archived by a run that then failed.
+    """
+    meta = head.get("Metadata")
+    if isinstance(meta, Mapping) and meta.get(META_SHA256):
+        return str(meta[META_SHA256])
+    checksum = str(head.get("ChecksumSHA256") or "")
+    if checksum and not is_composite(head):
+        full = hex_of_full_checksum(checksum)
+        if full:
+            return full
+    sha = hashlib.sha256()
+    body = client.get_object(Bucket=bucket, Key=key)["Body"]
+    try:
+        for chunk in body.iter_chunks(1024 * 1024):
+            sha.update(chunk)
+    finally:
+        body.close()
+    return sha.hexdigest()

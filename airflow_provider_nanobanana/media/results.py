@@ -18,6 +18,8 @@ class ArchivedOutput:
     size_bytes: int
     sha256: str
     content_type: str
+    #: S3's SHA-256 checksum of the object (base64; ``-N`` suffixed for a multipart upload).
+    checksum_sha256: str = ""
     #: True when an earlier run had already archived it, so nothing was fetched this time.
     reused: bool = False
     seconds: float = 0.0

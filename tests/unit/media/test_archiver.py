@@ -16,6 +16,7 @@ import pytest
 
 from airflow_provider_nanobanana.exceptions import ArchiveError, InvalidEditRequestError
 from airflow_provider_nanobanana.media import OutputsNotArchivedError, OutputURLRefusedError, S3MediaHook
+from airflow_provider_nanobanana.media.multipart import same_checksum
 from airflow_provider_nanobanana.models import DEFAULT_MODEL_ID
 from tests.unit.media.support import (
     FIELDS,
@@ -411,7 +412,7 @@ def test_large_output_is_streamed_with_bounded_memory(
     assert report["output"]["size_bytes"] == total
     assert report["output"]["sha256"] == expected.hexdigest()
     assert report["growth"] < 100 * MiB, f"peak RSS grew by {report['growth'] / MiB:.0f} MiB"
-    head = moto_s3.client().head_object(Bucket=s3_bucket, Key=report["output"]["key"])
+    head = moto_s3.client().head_object(Bucket=s3_bucket, Key=report["output"]["key"], ChecksumMode="ENABLED")
     assert head["ContentLength"] == total
-    assert head["Metadata"]["nanobanana-sha256"] == expected.hexdigest()
+    assert same_checksum(head["ChecksumSHA256"], report["output"]["checksum_sha256"])
     assert files.requests["/huge.png"] == 1
