@@ -119,8 +119,8 @@ class ManagedProcess:
             self._proc.poll()
 
     def check_alive(self) -> None:
-        """Raise :class:`ServiceError` with the log tail if the process has exited."""
-        if self._proc is not None and self._proc.poll() is not None:
+        """Raise :class:`ServiceError` with the log tail if the process has exited (unless stopped here)."""
+        if self._proc is not None and not self._stopped and self._proc.poll() is not None:
             raise ServiceError(
                 f"{self.name} exited with code {self._proc.returncode}; last log lines "
                 f"({self.log_path}):\n{tail(self.log_path)}"
@@ -141,6 +141,15 @@ class ManagedProcess:
         pgid = self._proc.pid  # leader of its own session, so its pid is the group id
         self._signal_group(pgid, signal.SIGTERM)
         return pgid
+
+    def kill(self) -> None:
+        """SIGKILL the whole group at once, no grace: a crash or a lost machine, for failover tests."""
+        if self._proc is None or self._stopped:
+            return
+        self._signal_group(self._proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._proc.wait(timeout=10)
+        self._stopped = True
 
     def kill_leftovers(self) -> None:
         """SIGKILL the group if anything in it survived SIGTERM, and reap the leader."""

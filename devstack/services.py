@@ -275,6 +275,23 @@ class AirflowDeployment:
             proc = ManagedProcess(name, argv, env, self.log_dir / f"{name}.log", REPO_ROOT, grace_s=15.0)
             self.processes.append(proc.start())
 
+    def start_triggerer(self, name: str, *args: str) -> ManagedProcess:
+        """One more ``airflow triggerer`` (e.g. ``"triggerer-2", "--capacity", "1000"``) beside the
+        first: Airflow's HA triggerers, which share the trigger table through the metadata DB."""
+        argv = [sys.executable, "-m", "airflow", "triggerer", "--skip-serve-logs", *args]
+        proc = ManagedProcess(name, argv, self.env(), self.log_dir / f"{name}.log", REPO_ROOT, grace_s=15.0)
+        self.processes.append(proc.start())
+        return proc
+
+    def kill(self, name: str) -> ManagedProcess:
+        """SIGKILL one component (e.g. ``triggerer``) with its children; the others keep running.
+
+        It stays listed, so its log is still in the diagnostics; ``check_alive`` no longer counts it.
+        """
+        proc = next(p for p in self.processes if p.name == name)
+        proc.kill()
+        return proc
+
     def check_alive(self) -> None:
         for proc in self.processes:
             proc.check_alive()

@@ -60,6 +60,27 @@ def test_stop_kills_the_whole_group_even_when_sigterm_is_ignored(tmp_path: Path)
     stop_all([proc])  # a second stop must not signal a group id that may have been reused
 
 
+def test_kill_takes_the_whole_group_down_at_once_and_is_then_not_a_crash(tmp_path: Path) -> None:
+    """``kill`` is a simulated crash (the HA triggerer test): SIGKILL, no grace, children included."""
+    log = tmp_path / "stubborn.log"
+    proc = ManagedProcess("stubborn", [sys.executable, "-c", STUBBORN], dict(os.environ), log, grace_s=600)
+    proc.start()
+    grandchild = wait_until(
+        lambda: int(log.read_text().split()[0]) if log.exists() and log.read_text().strip() else None,
+        timeout_s=20,
+        what="the grandchild pid",
+        interval_s=0.1,
+    )
+    leader = proc.pid
+    assert leader is not None
+    proc.kill()  # a 600 s grace would hang here if kill waited for SIGTERM like stop does
+    assert not _alive(leader)
+    wait_until(lambda: True if not _alive(grandchild) else None, timeout_s=5, what="the grandchild to die")
+    proc.check_alive()  # killed on purpose: not reported as a crashed service
+    proc.kill()
+    stop_all([proc])  # neither signals a group id that may have been reused
+
+
 def test_wait_until_fails_fast_with_the_log_tail_when_the_service_dies(tmp_path: Path) -> None:
     log = tmp_path / "crash.log"
     argv = [sys.executable, "-c", "import sys; print('boom: bad config'); sys.exit(3)"]
