@@ -1,0 +1,226 @@
+"""The S3 new-objects watcher against mocked SQS: one event per batch, delete after the event, backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import pytest
+import respx
+from botocore.credentials import Credentials
+
+from airflow_provider_nanobanana.events.sqs import AwsAccess, SqsError
+from airflow_provider_nanobanana.triggers import s3_events
+from airflow_provider_nanobanana.triggers.s3_events import S3NewObjectsTrigger
+
+ENDPOINT = "https://sqs.eu-west-1.amazonaws.com/"
+QUEUE = f"{ENDPOINT}123456789012/new-images"
+SECRET = "SECRET-KEY-never-sent"
+
+
+def notification(*keys: str) -> str:
+    records = [
+        {"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "b"}, "object": {"key": k, "eTag": "e"}}}
+        for k in keys
+    ]
+    return json.dumps({"Records": records})
+
+
+TEST_EVENT = json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": "b"})
+
+
+def message(i: int, body: str) -> dict[str, Any]:
+    return {"MessageId": f"m{i}", "ReceiptHandle": f"h{i}", "Body": body}
+
+
+class FakeSqs:
+    """SQS's JSON protocol: queued answers to ReceiveMessage, a log of every call."""
+
+    def __init__(self, receives: list[httpx.Response]) -> None:
+        self.receives = receives
+        self.calls: list[tuple[str, dict[str, Any], httpx.Headers]] = []
+        self.two_deletes = asyncio.Event()
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        action = request.headers["X-Amz-Target"].removeprefix("AmazonSQS.")
+        self.calls.append((action, json.loads(request.content), request.headers))
+        if action == "DeleteMessageBatch":
+            if self.actions().count(action) >= 2:
+                self.two_deletes.set()
+            return httpx.Response(
+                200, json={"Successful": [{"Id": e["Id"]} for e in json.loads(request.content)["Entries"]]}
+            )
+        if self.receives:
+            return self.receives.pop(0)
+        return httpx.Response(200, json={})
+
+    def actions(self) -> list[str]:
+        return [a for a, _, _ in self.calls]
+
+
+@pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    real_sleep, seen = asyncio.sleep, []
+
+    async def fake_sleep(seconds: float) -> None:
+        seen.append(seconds)
+        await real_sleep(0)
+
+    monkeypatch.setattr(s3_events.asyncio, "sleep", fake_sleep)
+    return seen
+
+
+@pytest.fixture
+def resolutions(monkeypatch: pytest.MonkeyPatch) -> list[str | None]:
+    """Access is resolved without Airflow: fixed credentials; each resolution is recorded."""
+    seen: list[str | None] = []
+
+    async def resolve(conn_id: str | None, region: str | None, queue_url: str) -> AwsAccess:
+        seen.append(conn_id)
+        return AwsAccess(Credentials("AKIDEXAMPLE", SECRET), region or "eu-west-1")
+
+    monkeypatch.setattr(s3_events, "resolve_access", resolve)
+    return seen
+
+
+def serve(fake: FakeSqs) -> respx.MockRouter:
+    router = respx.mock(assert_all_called=False)
+    router.post(ENDPOINT).mock(side_effect=fake)
+    return router
+
+
+def test_serialize_round_trips_and_names_no_secret() -> None:
+    trigger = S3NewObjectsTrigger(queue_url=QUEUE, aws_conn_id="aws_x", wait_time_s=5, max_messages=3)
+    path, kwargs = trigger.serialize()
+    assert path == "airflow_provider_nanobanana.triggers.s3_events.S3NewObjectsTrigger"
+    assert kwargs == {
+        "queue_url": QUEUE,
+        "aws_conn_id": "aws_x",
+        "region_name": None,
+        "wait_time_s": 5,
+        "max_messages": 3,
+        "max_batch_messages": 100,
+        "visibility_timeout_s": None,
+    }
+    assert S3NewObjectsTrigger(**kwargs).serialize() == (path, kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"queue_url": "new-images"}, "queue_url"),
+        ({"queue_url": QUEUE, "wait_time_s": 21}, "wait_time_s"),
+        ({"queue_url": QUEUE, "max_messages": 0}, "max_messages"),
+        ({"queue_url": QUEUE, "max_messages": 11}, "max_messages"),
+        ({"queue_url": QUEUE, "max_batch_messages": 0}, "max_batch_messages"),
+    ],
+)
+def test_bad_settings_are_refused_at_parse_time(kwargs: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        S3NewObjectsTrigger(**kwargs)
+
+
+async def test_one_event_per_batch_and_messages_deleted_only_after_it(sleeps, resolutions) -> None:
+    fake = FakeSqs(
+        [
+            httpx.Response(200, json={"Messages": [message(1, TEST_EVENT)]}),
+            httpx.Response(200, json={}),  # the burst ends: nothing else arrived
+            httpx.Response(
+                200,
+                json={
+                    "Messages": [
+                        message(2, notification("in%2Fa+b.png")),
+                        message(3, notification("in/c.png")),
+                    ]
+                },
+            ),
+        ]
+    )
+    trigger = S3NewObjectsTrigger(queue_url=QUEUE, wait_time_s=7)
+    with serve(fake):
+        run = trigger.run()
+        event = await run.__anext__()
+        # The test event was acknowledged without an event; the batch is not deleted yet.
+        assert fake.actions() == ["ReceiveMessage"] * 2 + ["DeleteMessageBatch"] + ["ReceiveMessage"] * 2
+        assert [o["key"] for o in event.payload["objects"]] == ["in/a b.png", "in/c.png"]
+        assert event.payload["message_ids"] == ["m2", "m3"]
+        # Pull on: the batch is deleted after the event was taken, then the watch goes on.
+        pending = asyncio.ensure_future(run.__anext__())
+        await asyncio.wait_for(fake.two_deletes.wait(), timeout=10)
+        pending.cancel()
+    deletes = [body for action, body, _ in fake.calls if action == "DeleteMessageBatch"]
+    assert [[e["ReceiptHandle"] for e in d["Entries"]] for d in deletes] == [["h1"], ["h2", "h3"]]
+    receive = fake.calls[0]
+    assert (receive[1]["QueueUrl"], receive[1]["WaitTimeSeconds"]) == (QUEUE, 7)
+    auth = receive[2]["Authorization"]
+    assert auth.startswith("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/")
+    assert "/eu-west-1/sqs/aws4_request" in auth
+    assert all(SECRET not in str(headers) for _, _, headers in fake.calls)
+    assert resolutions == ["aws_default"], "access is resolved once, not per receive"
+
+
+async def test_transient_errors_back_off_and_permanent_ones_reread_the_connection(
+    sleeps, resolutions
+) -> None:
+    throttled = httpx.Response(
+        400, json={"__type": "com.amazonaws.sqs#ThrottlingException", "message": "slow"}
+    )
+    missing = httpx.Response(
+        400, json={"__type": "com.amazonaws.sqs#QueueDoesNotExist", "message": "no queue"}
+    )
+    fake = FakeSqs(
+        [
+            httpx.Response(503, text="busy"),
+            throttled,
+            httpx.Response(500, json={}),
+            missing,
+            httpx.Response(200, json={"Messages": [message(1, notification("k.png"))]}),
+        ]
+    )
+    with serve(fake):
+        event = await S3NewObjectsTrigger(queue_url=QUEUE).run().__anext__()
+    assert [o["key"] for o in event.payload["objects"]] == ["k.png"]
+    assert sleeps == [1.0, 2.0, 4.0, s3_events.PERMANENT_RETRY_S]  # then the event, with no pause
+    assert resolutions == ["aws_default", "aws_default"], "a configuration error reads the connection again"
+
+
+async def test_a_message_that_is_not_a_notification_is_dropped_not_looped_on(sleeps, resolutions) -> None:
+    fake = FakeSqs(
+        [httpx.Response(200, json={"Messages": [message(1, "hello"), message(2, notification("k.png"))]})]
+    )
+    with serve(fake):
+        event = await S3NewObjectsTrigger(queue_url=QUEUE).run().__anext__()
+    assert [o["key"] for o in event.payload["objects"]] == ["k.png"]
+
+
+async def test_transport_errors_are_transient() -> None:
+    access = AwsAccess(Credentials("AKID", SECRET), "eu-west-1")
+    from airflow_provider_nanobanana.events.sqs import SqsQueue
+
+    with respx.mock() as router:
+        router.post(ENDPOINT).mock(side_effect=httpx.ConnectError("refused"))
+        async with httpx.AsyncClient() as client:
+            with pytest.raises(SqsError) as caught:
+                await SqsQueue(QUEUE, access, client).receive(max_messages=1, wait_time_s=0)
+    assert (caught.value.transient, caught.value.code) == (True, "ConnectError")
+
+
+async def test_a_burst_of_uploads_is_one_event_up_to_the_batch_cap(sleeps, resolutions) -> None:
+    def batch(start: int, n: int) -> httpx.Response:
+        msgs = [message(i, notification(f"k{i}.png")) for i in range(start, start + n)]
+        return httpx.Response(200, json={"Messages": msgs})
+
+    fake = FakeSqs([batch(0, 2), batch(2, 3), batch(5, 2), batch(7, 2)])
+    with serve(fake):
+        run = S3NewObjectsTrigger(queue_url=QUEUE, max_messages=3, max_batch_messages=7).run()
+        first = await run.__anext__()
+        second = await run.__anext__()
+    assert [o["key"] for o in first.payload["objects"]] == [f"k{i}.png" for i in range(7)]
+    assert [o["key"] for o in second.payload["objects"]] == ["k7.png", "k8.png"]
+    limits = [body["MaxNumberOfMessages"] for action, body, _ in fake.calls if action == "ReceiveMessage"]
+    waits = [body["WaitTimeSeconds"] for action, body, _ in fake.calls if action == "ReceiveMessage"]
+    assert limits[:3] == [3, 3, 2], "the burst stops at max_batch_messages"
+    assert waits[:3] == [20, s3_events.BURST_WAIT_S, s3_events.BURST_WAIT_S]
+    assert sleeps == [], "no pause between the receives of a burst"
