@@ -22,7 +22,7 @@ import secrets
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -350,6 +350,9 @@ class LocalStack:
         over the defaults (``AIRFLOW__CORE__PARALLELISM``...).
     :param local_settings: source of an ``airflow_local_settings.py`` for every Airflow process, e.g. a
         ``task_policy`` that changes a task's ``retries`` without editing the DAG file.
+    :param before_airflow: called once moto and the emulator are ready and before Airflow starts (e.g.
+        to create an SQS queue and a bucket notification); the environment it returns is added to
+        every Airflow process, so DAG files can read what it created.
     """
 
     def __init__(
@@ -359,6 +362,7 @@ class LocalStack:
         emulator_args: Sequence[str] = (),
         airflow_env: dict[str, str] | None = None,
         local_settings: str | None = None,
+        before_airflow: Callable[[LocalStack], dict[str, str]] | None = None,
         run_root: Path = RUN_ROOT,
         log: Any = print,
     ) -> None:
@@ -366,6 +370,7 @@ class LocalStack:
         self.run_dir = run_root / name
         self.log_dir = self.run_dir / "logs"
         self._log = log
+        self._before_airflow = before_airflow
         self.emulator = EmulatorService(self.log_dir, extra_args=emulator_args)
         self.moto = MotoService(self.log_dir)
         self.airflow = AirflowDeployment(
@@ -407,6 +412,8 @@ class LocalStack:
             "AIRFLOW_CONN_RUNCOMFY_DEFAULT": self.emulator.connection_json(),
             "AIRFLOW_CONN_AWS_DEFAULT": self.moto.connection_json(),
         }
+        if self._before_airflow is not None:
+            self.airflow.extra_env.update(self._before_airflow(self))
         self.airflow.start()
         self.airflow.wait_healthy()
         self.timings["start_s"] = time.monotonic() - t0
