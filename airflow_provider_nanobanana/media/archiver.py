@@ -101,6 +101,8 @@ class OutputArchiver:
         per its policy; the manifest then carries ``quality`` and ``paid_requests`` (``media/quality.py``).
         """
         started_at, t0 = _utcnow(), time.monotonic()
+        if quality is not None:
+            quality.check_count(len(job.output_urls))  # before any download; raises unless kept
         archived, missing = self._archive_all(job, quality)
         if missing:
             raise OutputsNotArchivedError(job.request_id, missing, archived)

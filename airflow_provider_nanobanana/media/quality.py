@@ -33,7 +33,7 @@ import io
 import logging
 import struct
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
@@ -42,6 +42,8 @@ from airflow_provider_nanobanana.exceptions import RunComfyJobFailedError
 
 if TYPE_CHECKING:
     from PIL import Image
+
+    from airflow_provider_nanobanana.media.results import ArchiveResult
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +128,8 @@ def count_problem(found: int, requested: int) -> str | None:
     """The request-level problem when the number of output URLs is not ``num_images``."""
     if found == requested:
         return None
+    if found == 0:
+        return f"the job completed but returned no output URLs (num_images={requested})"
     return (
         f"{found} output URL(s) for num_images={requested} "
         "(the model returned fewer images, or an empty URL, than asked for)"
@@ -228,6 +232,29 @@ class BadOutputError(RunComfyJobFailedError):
         self.problems = dict(problems)
 
 
+def archive_through(
+    gate: QualityGate,
+    request_id: str,
+    images: list[str],
+    archive: Callable[[list[str]], ArchiveResult],
+) -> ArchiveResult:
+    """Run ``archive(images)`` behind ``gate``; a rejection, whatever else failed with it, is raised as
+    :class:`BadOutputError`. The archiver checks the count once the URLs passed the host allow-list
+    and before any download, then each output as it streams.
+    """
+    from airflow_provider_nanobanana.media.errors import OutputFailure, OutputsNotArchivedError
+
+    try:
+        if not images:  # even ``keep`` cannot archive nothing
+            gate.check_count(0)
+            raise BadOutputError(request_id, gate.problems, paid_requests=gate.paid_requests)
+        return archive(images)
+    except (OutputFailure, OutputsNotArchivedError):
+        if gate.rejected:
+            raise BadOutputError(request_id, gate.rejected, paid_requests=gate.paid_requests) from None
+        raise
+
+
 @dataclass
 class QualityGate:
     """The gate of one archive call: its policy, and every problem it found.
@@ -239,6 +266,8 @@ class QualityGate:
     """
 
     policy: OnBadOutput = OnBadOutput.FAIL
+    #: ``num_images``: how many outputs the request must have (``None``: not checked).
+    expected_count: int | None = None
     limits: QualityLimits = DEFAULT_LIMITS
     #: Paid requests made for this edit so far (1 + resubmits); written to the manifest.
     paid_requests: int = 1
@@ -265,8 +294,11 @@ class QualityGate:
         """What the manifest records of the gate: flagged problems (empty when clean) and paid requests."""
         return {"quality": dict(self.flagged), "paid_requests": self.paid_requests}
 
-    def check_count(self, found: int, requested: int) -> None:
-        problem = count_problem(found, requested)
+    def check_count(self, found: int) -> None:
+        """Judge the number of output URLs against :attr:`expected_count` (raises unless kept)."""
+        if self.expected_count is None:
+            return
+        problem = count_problem(found, self.expected_count)
         if problem is not None:
             self.report(COUNT_KEY, problem)
 

@@ -16,6 +16,12 @@ from airflow.sdk import BaseOperator
 from airflow_provider_nanobanana.config import MIN_DEFERRAL_S
 from airflow_provider_nanobanana.hooks.runcomfy import RunComfyHook
 from airflow_provider_nanobanana.media.keys import DEFAULT_KEY_TEMPLATE, MAX_PRESIGN_EXPIRY_S
+from airflow_provider_nanobanana.media.quality import (
+    OnBadOutput,
+    QualityGate,
+    archive_through,
+    check_max_resubmits,
+)
 from airflow_provider_nanobanana.models import DEFAULT_MODEL_ID, MODEL_PARAMETERS
 from airflow_provider_nanobanana.outcome import check_seconds
 from airflow_provider_nanobanana.polling import PollPolicy
@@ -50,6 +56,10 @@ class NanoBananaBaseOperator(BaseOperator):
         ``airflow triggerer --queues <name>`` (Airflow 3.2+ with ``[triggerer] queues_enabled``);
         the task itself still runs on its own ``queue``. ``None``: the task's ``queue``, as Airflow
         does. Ignored on 3.1. See docs/trigger.md.
+    :param on_bad_output: ``"fail"`` (default), ``"keep"`` or ``"resubmit"``: what happens to an
+        archived output that fails the quality gate (empty, undecodable, no pixels, a uniform blank,
+        fewer than ``num_images``). See docs/cost-control.md#output-quality-gate.
+    :param max_resubmits: paid requests ``"resubmit"`` may add per edit (default 1).
 
     On Airflow 3.3+ the task's ``retry_policy`` defaults to
     :class:`~airflow_provider_nanobanana.retry_policy.RunComfyRetryPolicy` (auth and rejected input
@@ -78,6 +88,8 @@ class NanoBananaBaseOperator(BaseOperator):
         presign_expiry: int = 6 * 3600,
         min_deferral: float | None = None,
         triggerer_queue: str | None = None,
+        on_bad_output: str = "fail",
+        max_resubmits: int = 1,
         **kwargs: Any,
     ) -> None:
         default_retry_policy(kwargs)
@@ -109,6 +121,8 @@ class NanoBananaBaseOperator(BaseOperator):
                 f"presign_expiry must be 1..{MAX_PRESIGN_EXPIRY_S} s (the SigV4 limit), got {presign_expiry}"
             )
         PollPolicy.between(poll_interval, poll_max_interval)
+        self.on_bad_output = OnBadOutput.parse(on_bad_output)
+        self.max_resubmits = check_max_resubmits(max_resubmits)
 
     def model_parameters(self) -> dict[str, Any]:
         """Every model input but the prompt and the images, as the API names them."""
@@ -142,21 +156,37 @@ class NanoBananaBaseOperator(BaseOperator):
         prompt: str,
         inputs: list[str],
         key_template: str | None = None,
+        quality: QualityGate | None = None,
     ) -> ArchiveResult:
-        """Archive one completed request's outputs, with the manifest both operators write."""
+        """Archive one completed request's outputs, with the manifest both operators write.
+
+        With ``quality`` (:meth:`quality_gate`) the outputs pass the quality gate on the way; a
+        rejection raises :class:`~airflow_provider_nanobanana.media.quality.BadOutputError`.
+        """
         parameters = self.model_parameters()
-        return self.media.archive_outputs(
-            images,
-            request_id=request_id,
-            dest_uri=dest_uri,
-            key_template=key_template or DEFAULT_KEY_TEMPLATE,
-            fields=fields,
-            model_id=self.model_id,
-            prompt=prompt,
-            seed=parameters["seed"],
-            inputs=inputs,
-            parameters={**parameters, "prompt": prompt},
-        )
+
+        def archive(urls: list[str]) -> ArchiveResult:
+            return self.media.archive_outputs(
+                urls,
+                request_id=request_id,
+                dest_uri=dest_uri,
+                key_template=key_template or DEFAULT_KEY_TEMPLATE,
+                fields=fields,
+                model_id=self.model_id,
+                prompt=prompt,
+                seed=parameters["seed"],
+                inputs=inputs,
+                parameters={**parameters, "prompt": prompt},
+                quality=quality,
+            )
+
+        if quality is None:
+            return archive(images)
+        return archive_through(quality, request_id, images, archive)
+
+    def quality_gate(self, paid_requests: int = 1) -> QualityGate:
+        """The output quality gate of one edit, under this task's ``on_bad_output``."""
+        return QualityGate(self.on_bad_output, expected_count=self.num_images, paid_requests=paid_requests)
 
     def defer(self, *, trigger: Any, method_name: str, **kwargs: Any) -> NoReturn:
         """Airflow's ``defer``, with the trigger on ``triggerer_queue`` (see trigger_queue.py)."""

@@ -8,7 +8,9 @@ One task, one paid request:
 3. otherwise resolve ``s3://`` inputs to pre-signed URLs and submit once;
 4. remember the request id (XCom for links, the job ledger for retries) before waiting;
 5. defer to :class:`RunComfyJobTrigger` (or wait in place with ``deferrable=False``);
-6. on completion archive every output to S3, or fail saying which outputs are missing.
+6. on completion archive every output to S3 through the quality gate, or fail saying which outputs
+   are missing or bad (``on_bad_output="resubmit"`` pays for a new request instead, up to
+   ``max_resubmits`` times).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from airflow_provider_nanobanana.media.keys import (
     fields_from_context,
     parse_s3_prefix,
 )
+from airflow_provider_nanobanana.media.quality import BadOutputError, OnBadOutput, QualityGate
 from airflow_provider_nanobanana.models import (
     EditRequest,
     JobEvent,
@@ -168,9 +171,14 @@ class NanoBananaEditOperator(NanoBananaBaseOperator):
             )
             request_id = self._submit(request)
             ledger.record(request_id, work)
+        return self._watch(context, request_id, status)
+
+    def _watch(
+        self, context: Context, request_id: str, status: StatusResponse | None, paid_requests: int = 1
+    ) -> dict[str, Any]:
+        """Publish the request, wait for it here for a while, then defer (or finish if it ended)."""
         self._request_id = request_id
         self._publish(context, request_id)
-
         watch = JobWatch(request_id, time.time() + self.timeout, self.policy)
         event = watch.on_status(status) if status is not None else None
         if event is None:
@@ -179,10 +187,10 @@ class NanoBananaEditOperator(NanoBananaBaseOperator):
             give_up_at = time.time() + self._wait_before_defer() if self.deferrable else None
             event = wait_for_job(self.hook, watch, give_up_at_epoch_s=give_up_at)
         if event is None:
-            self._defer(watch)
-        return self._finish(context, event)
+            self._defer(watch, paid_requests)
+        return self._finish(context, event, paid_requests)
 
-    def _defer(self, watch: JobWatch) -> NoReturn:
+    def _defer(self, watch: JobWatch, paid_requests: int = 1) -> NoReturn:
         self.log.info(
             "Deferring: waiting for %s in the triggerer (timeout %.0fs)", watch.request_id, self.timeout
         )
@@ -197,6 +205,8 @@ class NanoBananaEditOperator(NanoBananaBaseOperator):
                 release_not_before_epoch_s=time.time() + self.min_deferral_s(),
             ),
             method_name="execute_complete",
+            # Resubmits so far survive the deferral; a first request adds nothing to the kwargs.
+            kwargs={"paid_requests": paid_requests} if paid_requests > 1 else None,
             timeout=deferral_timeout(self.timeout, self.poll_max_interval),
         )
 
@@ -242,25 +252,35 @@ class NanoBananaEditOperator(NanoBananaBaseOperator):
         ti.xcom_push(key=REQUEST_ID_XCOM_KEY, value=request_id)
         ti.xcom_push(key=REQUEST_URL_XCOM_KEY, value=self.hook.request_url(request_id, Endpoint.STATUS))
 
-    def execute_complete(self, context: Context, event: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def execute_complete(
+        self, context: Context, event: Mapping[str, Any] | None = None, paid_requests: int = 1
+    ) -> dict[str, Any]:
         if event is None:
             raise RunComfyError("the RunComfy trigger fired without an event; the job outcome is unknown")
-        return self._finish(context, JobEvent.model_validate(event))
+        return self._finish(context, JobEvent.model_validate(event), paid_requests)
 
     # -- outcome policy (shared by the deferred and the in-place paths) ---------------------------
-    def _finish(self, context: Context, event: JobEvent) -> dict[str, Any]:
+    def _finish(self, context: Context, event: JobEvent, paid_requests: int = 1) -> dict[str, Any]:
         self._request_id = event.request_id
         if event.status == "timeout":
             self.hook.cancel_if_queued(event.request_id)
         raise_for_event(event)
-        return self._complete(context, event.request_id)
+        return self._complete(context, event.request_id, paid_requests)
 
-    def _complete(self, context: Context, request_id: str) -> dict[str, Any]:
+    def _complete(self, context: Context, request_id: str, paid_requests: int = 1) -> dict[str, Any]:
         # The verdict carries no outputs: the result is fetched here, once, where it is archived.
-        images = completed_outputs(self.hook.get_result(request_id))
+        result = self.hook.get_result(request_id)
         archived: dict[str, Any] = {"archived": [], "manifest": None}
         if self.output_s3_uri:
-            archived = self._archive(context, request_id, images, self.output_s3_uri)
+            images = result.images  # the gate judges an empty or short list itself
+            gate = self.quality_gate(paid_requests)
+            try:
+                archived = self._archive(context, request_id, images, self.output_s3_uri, gate)
+            except BadOutputError as exc:
+                return self._resubmit(context, exc, paid_requests)
+            archived.update(quality=gate.flagged, paid_requests=paid_requests)
+        else:
+            images = completed_outputs(result)
         self._archived = archived["archived"]
         self._emit_asset_event(context, request_id, archived)
         JobLedger.for_context(context).forget()
@@ -278,7 +298,9 @@ class NanoBananaEditOperator(NanoBananaBaseOperator):
             **archived,
         }
 
-    def _archive(self, context: Context, request_id: str, images: list[str], dest_uri: str) -> dict[str, Any]:
+    def _archive(
+        self, context: Context, request_id: str, images: list[str], dest_uri: str, gate: QualityGate
+    ) -> dict[str, Any]:
         result = self.archive_edit(
             images,
             request_id=request_id,
@@ -287,8 +309,36 @@ class NanoBananaEditOperator(NanoBananaBaseOperator):
             prompt=self.prompt,
             inputs=self.edit_fields()["image_urls"],
             key_template=self.s3_key_template,
+            quality=gate,
         )
         return {"archived": result.s3_uris, "manifest": result.manifest_uri}
+
+    def _resubmit(self, context: Context, bad: BadOutputError, paid_requests: int) -> dict[str, Any]:
+        """``on_bad_output="resubmit"``: pay for the same edit again, at most ``max_resubmits`` times."""
+        if self.on_bad_output is not OnBadOutput.RESUBMIT or paid_requests > self.max_resubmits:
+            raise bad
+        self.log.warning(
+            "Paying again: request %s failed the quality gate (%s); submitting paid request %d of at "
+            "most %d (max_resubmits=%d)",
+            bad.request_id,
+            "; ".join(f"{k}: {v}" for k, v in bad.problems.items()),
+            paid_requests + 1,
+            self.max_resubmits + 1,
+            self.max_resubmits,
+        )
+        fields = self.validate_inputs()
+        # HOOK POINT (spend budget): this is a new paid request. It goes through the same
+        # prepare/submit as the first one; a per-run spend ledger for single edits must reserve here.
+        request = prepare_request(
+            fields,
+            media=self.media,
+            allow_insecure_inputs=self.hook.settings.allow_insecure_inputs,
+            staging_uri=self.staging_s3_uri,
+        )
+        request_id = self._submit(request)
+        # A retry of this task re-attaches to the newest request, never to the rejected one.
+        JobLedger.for_context(context).record(request_id, fingerprint({**fields, "model_id": self.model_id}))
+        return self._watch(context, request_id, None, paid_requests + 1)
 
     def _emit_asset_event(self, context: Context, request_id: str, archived: Mapping[str, Any]) -> None:
         """Attach what was archived to the output Asset's event (seen by asset-scheduled DAGs)."""

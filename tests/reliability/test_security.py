@@ -258,7 +258,10 @@ def test_redirect_from_an_allowed_host_to_a_foreign_one_is_not_followed(
         )
         hop = net.get(allowed).respond(302, headers={"Location": "http://169.254.169.254/latest/meta-data/"})
         evil = net.get("http://169.254.169.254/latest/meta-data/")
-        task = edit_operator("https://images.example.com/cat.png", s3_bucket, runcomfy_conn_id=fake_api)
+        # One output for one image: the quality gate's count check must not stop it before the download.
+        task = edit_operator(
+            "https://images.example.com/cat.png", s3_bucket, runcomfy_conn_id=fake_api, num_images=1
+        )
         with pytest.raises(
             OutputsNotArchivedError, match=r"redirected to .*169.254.169.254.*not in allowed_output_hosts"
         ):

@@ -226,20 +226,21 @@ def test_resubmit_rejects_like_fail() -> None:
 
 
 def test_an_output_too_large_to_inspect_is_a_problem_and_not_kept_in_memory() -> None:
-    gate = QualityGate(OnBadOutput.KEEP, QualityLimits(max_decode_bytes=len(GOOD) - 1))
+    gate = QualityGate(OnBadOutput.KEEP, limits=QualityLimits(max_decode_bytes=len(GOOD) - 1))
     assert b"".join(gate.watch(0, chunks_of(GOOD), "image/png")) == GOOD
     assert gate.flagged["0"].startswith("too large to inspect")
 
 
 def test_the_count_check() -> None:
-    gate = QualityGate(OnBadOutput.FAIL)
-    gate.check_count(2, 2)
+    gate = QualityGate(OnBadOutput.FAIL, expected_count=2)
+    gate.check_count(2)
     with pytest.raises(OutputFailure):
-        gate.check_count(1, 2)
+        gate.check_count(1)
     assert COUNT_KEY in gate.rejected
-    keep = QualityGate(OnBadOutput.KEEP)
-    keep.check_count(0, 1)
+    keep = QualityGate(OnBadOutput.KEEP, expected_count=1)
+    keep.check_count(0)
     assert COUNT_KEY in keep.flagged
+    QualityGate(OnBadOutput.FAIL).check_count(7)  # no expected count: not checked
 
 
 def test_the_task_error_names_each_bad_output_and_why() -> None:

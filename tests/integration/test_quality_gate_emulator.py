@@ -1,0 +1,208 @@
+"""The output quality gate through the edit operator: real HTTP (emulator) and a real S3 API (moto).
+
+Paid requests are counted where they are paid: the emulator's ``submits`` (POSTs).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from airflow_provider_nanobanana.media.quality import BadOutputError
+from airflow_provider_nanobanana.operators.nano_banana import NanoBananaEditOperator
+from tests.fakes import new_context
+from tests.integration.test_operator_emulator import run_deferred
+
+pytestmark = pytest.mark.usefixtures("airflow_connections")
+
+PROMPT = "turn the sky purple"
+
+
+@pytest.fixture
+def context():
+    return new_context()
+
+
+def operator(input_uri: str, bucket: str, **kw: Any) -> NanoBananaEditOperator:
+    params: dict[str, Any] = {
+        "task_id": "edit",
+        "prompt": PROMPT,
+        "image_urls": [input_uri],
+        "output_s3_uri": f"s3://{bucket}/edited/",
+        "poll_interval": 0.1,
+        "poll_max_interval": 0.3,
+        "timeout": 60,
+    }
+    return NanoBananaEditOperator(**{**params, **kw})
+
+
+def stored(moto_s3: Any, bucket: str) -> list[str]:
+    listing = moto_s3.client().list_objects_v2(Bucket=bucket, Prefix="edited/")
+    return sorted(o["Key"] for o in listing.get("Contents", []))
+
+
+def manifest(moto_s3: Any, uri: str) -> dict[str, Any]:
+    bucket, _, key = uri[5:].partition("/")
+    return json.loads(moto_s3.client().get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def test_a_blank_output_fails_the_task_by_default_and_nothing_is_archived(
+    emulator, moto_s3, input_image, s3_bucket, context
+):
+    task = operator(input_image, s3_bucket, prompt=f"{PROMPT} [bad_output:blank]")
+    with pytest.raises(BadOutputError, match=r"output 0: a uniform blank") as info:
+        run_deferred(task, context)
+    assert info.value.problems.keys() == {"0"}
+    assert stored(moto_s3, s3_bucket) == []  # no image, no manifest
+    assert emulator.counters()["submits"] == 1
+
+
+def test_only_the_bad_output_of_several_is_named(emulator, moto_s3, input_image, s3_bucket, context):
+    task = operator(input_image, s3_bucket, prompt=f"{PROMPT} [bad_output:blank]", num_images=2)
+    with pytest.raises(BadOutputError) as info:
+        run_deferred(task, context)
+    assert info.value.problems.keys() == {"0"}
+    keys = stored(moto_s3, s3_bucket)
+    assert len(keys) == 1
+    assert keys[0].endswith("_1.png")  # the good one is in; it is reused if the task is retried
+
+
+def test_keep_archives_a_blank_and_flags_it_in_the_manifest_and_xcom(
+    emulator, moto_s3, input_image, s3_bucket, context
+):
+    task = operator(input_image, s3_bucket, prompt=f"{PROMPT} [bad_output:blank]", on_bad_output="keep")
+    result = run_deferred(task, context)
+    assert len(result["archived"]) == 1
+    assert result["quality"]["0"].startswith("a uniform blank")
+    assert result["paid_requests"] == 1
+    document = manifest(moto_s3, result["manifest"])
+    assert document["quality"] == result["quality"]
+    assert document["paid_requests"] == 1
+    assert emulator.counters()["submits"] == 1
+
+
+def test_a_clean_output_is_recorded_as_checked(emulator, moto_s3, input_image, s3_bucket, context):
+    result = run_deferred(operator(input_image, s3_bucket), context)
+    assert result["quality"] == {}
+    assert manifest(moto_s3, result["manifest"])["quality"] == {}
+
+
+def test_resubmit_pays_exactly_once_more_and_archives_the_good_output(
+    emulator, moto_s3, input_image, s3_bucket, context, capsys
+):
+    emulator.set_faults(bad_output="blank", bad_output_jobs=1)  # the first job is blank, the next is not
+    task = operator(input_image, s3_bucket, on_bad_output="resubmit")
+    result = run_deferred_through_resubmits(task, context)
+    assert emulator.counters()["submits"] == 2
+    assert result["paid_requests"] == 2
+    assert result["quality"] == {}
+    assert manifest(moto_s3, result["manifest"])["paid_requests"] == 2
+    assert "Paying again" in capsys.readouterr().out  # Airflow's task log (structlog) goes to stdout
+    assert context["ti"].xcom["runcomfy_request_id"] == result["request_id"]  # the new request
+
+
+def test_resubmit_is_bounded_then_fails_naming_the_paid_requests(
+    emulator, moto_s3, input_image, s3_bucket, context
+):
+    task = operator(input_image, s3_bucket, prompt=f"{PROMPT} [bad_output:blank]", on_bad_output="resubmit")
+    with pytest.raises(BadOutputError, match=r"after 2 paid request\(s\)"):
+        run_deferred_through_resubmits(task, context)
+    assert emulator.counters()["submits"] == 2  # max_resubmits=1: one more, never a third
+    assert stored(moto_s3, s3_bucket) == []
+
+
+def test_max_resubmits_zero_never_pays_again(emulator, input_image, s3_bucket, context):
+    task = operator(
+        input_image,
+        s3_bucket,
+        prompt=f"{PROMPT} [bad_output:blank]",
+        on_bad_output="resubmit",
+        max_resubmits=0,
+    )
+    with pytest.raises(BadOutputError):
+        run_deferred_through_resubmits(task, context)
+    assert emulator.counters()["submits"] == 1
+
+
+@pytest.mark.parametrize(
+    ("defect", "expected"),
+    [
+        ("zero_bytes", r"output 0: the output is empty \(0 bytes\)"),
+        ("truncated", r"output 0: does not decode as PNG"),
+        ("undecodable", r"output 0: does not decode as PNG"),
+        ("bomb", r"output 0: refused without decoding"),
+    ],
+)
+def test_each_file_defect_fails_the_task(
+    emulator, moto_s3, input_image, s3_bucket, context, defect, expected
+):
+    task = operator(input_image, s3_bucket, prompt=f"{PROMPT} [bad_output:{defect}]")
+    with pytest.raises(BadOutputError, match=expected):
+        run_deferred(task, context)
+    assert stored(moto_s3, s3_bucket) == []
+
+
+def test_an_empty_url_fails_on_the_count_before_any_download(
+    emulator, moto_s3, input_image, s3_bucket, context
+):
+    task = operator(input_image, s3_bucket, prompt=f"{PROMPT} [bad_output:empty_url]", num_images=2)
+    with pytest.raises(BadOutputError, match=r"the request: 1 output URL\(s\) for num_images=2"):
+        run_deferred(task, context)
+    assert emulator.counters()["file_requests"] == 0
+
+
+def test_keep_flags_a_short_count_but_cannot_keep_nothing(emulator, moto_s3, input_image, s3_bucket, context):
+    task = operator(
+        input_image,
+        s3_bucket,
+        prompt=f"{PROMPT} [bad_output:wrong_count]",
+        num_images=2,
+        on_bad_output="keep",
+    )
+    result = run_deferred(task, context)
+    assert len(result["archived"]) == 1
+    assert result["quality"].keys() == {"count"}
+    single = operator(
+        input_image,
+        s3_bucket,
+        prompt=f"{PROMPT} [bad_output:wrong_count]",
+        on_bad_output="keep",
+        task_id="one",
+    )
+    with pytest.raises(BadOutputError, match="returned no output URLs"):
+        run_deferred(single, new_context())
+
+
+@pytest.mark.parametrize(("field", "value"), [("on_bad_output", "retry"), ("max_resubmits", -1)])
+def test_a_bad_policy_is_refused_at_parse_time(field, value):
+    with pytest.raises(ValueError, match=field):
+        NanoBananaEditOperator(task_id="t", prompt="p", image_urls=["https://x.test/a.png"], **{field: value})
+
+
+def run_deferred_through_resubmits(task: NanoBananaEditOperator, context: dict[str, Any]) -> dict[str, Any]:
+    """Like ``run_deferred``, but a resubmit defers again: follow each deferral, passing its kwargs on."""
+    import asyncio
+
+    from airflow_provider_nanobanana._compat import TaskDeferred
+    from airflow_provider_nanobanana.triggers.runcomfy import RunComfyJobTrigger
+
+    call = lambda: task.execute(context)  # noqa: E731
+    for _ in range(5):
+        try:
+            return call()
+        except TaskDeferred as deferred:
+            _path, kwargs = deferred.trigger.serialize()
+            trigger = RunComfyJobTrigger(**json.loads(json.dumps(kwargs)))
+
+            async def first_event(trigger: RunComfyJobTrigger = trigger) -> dict[str, Any]:
+                async for event in trigger.run():
+                    return dict(event.payload)
+                raise AssertionError("the trigger ended without an event")
+
+            payload = asyncio.run(first_event())
+            method = getattr(task, deferred.method_name)
+            extra = dict(deferred.kwargs or {})
+            call = lambda method=method, payload=payload, extra=extra: method(context, payload, **extra)  # noqa: E731
+    raise AssertionError("more deferrals than resubmits allow")
