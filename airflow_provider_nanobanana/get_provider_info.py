@@ -68,6 +68,16 @@ def get_provider_info() -> dict[str, Any]:
                         "example": "32",
                         "default": "32",
                     },
+                    "poll_queue_max_s": {
+                        "description": "Longest sleep, in seconds, of a queued job whose wait the "
+                        "triggerer predicts from RunComfy's queue_position and how fast the queue was "
+                        "seen to drain. 0 turns prediction off: every job then polls by backoff, "
+                        "capped by poll_max_interval.",
+                        "version_added": "0.2.0",
+                        "type": "float",
+                        "example": "0",
+                        "default": "300",
+                    },
                     "poll_transport": {
                         "description": "HTTP transport of the status/result GETs on an event loop: "
                         "aiohttp (httpx-aiohttp, about 8x less CPU per poll) or httpx (httpx's own). "

@@ -26,6 +26,7 @@ from airflow_provider_nanobanana.operators.base import NanoBananaBaseOperator
 from airflow_provider_nanobanana.outcome import completed_outputs, deferral_timeout
 from airflow_provider_nanobanana.report.link import ContactSheetLink
 from airflow_provider_nanobanana.report.publish import publish_batch_report
+from airflow_provider_nanobanana.spend.reuse import remember, reuse_batch_items
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -166,6 +167,15 @@ class NanoBananaBatchEditOperator(NanoBananaBaseOperator):
             for item in state.in_state(ItemState.FAILED, ItemState.CANCELLED):
                 item.attempts, item.request_id = 0, None  # a task retry retries them
                 item.move(ItemState.PENDING, error=item.error)
+        if self.reuse_outputs:  # edits already archived under output_s3_uri are copied, not paid for
+            reuse_batch_items(
+                self.media,
+                self.output_s3_uri,
+                state.items,
+                model_id=self.model_id,
+                parameters=self.model_parameters(),
+                fields=fields_from_context(context),
+            )
         state = checkpoint.save(state)
         if all(item.state.is_final for item in state.items):
             return self._finish(context, checkpoint, None)
@@ -205,6 +215,7 @@ class NanoBananaBatchEditOperator(NanoBananaBaseOperator):
         state, missing = self._archive_completed(context, state, checkpoint)
         manifest = checkpoint.write_manifest(state, {"output_s3_uri": self.output_s3_uri})
         result = {**summary(state), "manifest": manifest, "checkpoint": checkpoint.uri}
+        result["reused"] = sum(1 for item in state.items if item.reused_from)
         result["report"] = publish_batch_report(context, self.media, state, manifest_uri=manifest)
         self.log.info("Batch finished: %s; manifest %s", state.counts(), manifest)
         if event is not None and event.status != "success":
@@ -246,7 +257,9 @@ class NanoBananaBatchEditOperator(NanoBananaBaseOperator):
                     fields=fields,
                     prompt=item.prompt,
                     inputs=item.image_urls,
+                    fingerprint=item.fingerprint,
                 )
+                remember(self.media, self.output_s3_uri, item.fingerprint, result)
             except (RunComfyError, OSError) as exc:
                 item.error = str(exc)[:500]
                 return f"{item.id} ({item.request_id}): {exc}"

@@ -79,6 +79,10 @@ class BatchItem(BaseModel):
     manifest: str | None = None
     #: USD RunComfy reported for the item's last job (``result?include_cost=true``), when it did.
     cost_usd: float | None = None
+    #: The edit's content fingerprint (``spend/fingerprint.py``), computed with ``reuse_outputs``.
+    fingerprint: str | None = None
+    #: The earlier request whose archived outputs were copied instead of paying again (reuse).
+    reused_from: str | None = None
 
     def move(self, state: ItemState, *, error: str = "", request_id: str | None = None) -> None:
         """Change state (and keep ``version`` honest); ``request_id`` is kept unless a new one is given."""
@@ -150,7 +154,18 @@ def summary(state: BatchState) -> dict[str, Any]:
 
 def manifest_entry(item: BatchItem) -> dict[str, Any]:
     entry = item.model_dump(
-        mode="json", include={"id", "state", "request_id", "error", "archived", "manifest", "cost_usd"}
+        mode="json",
+        include={
+            "id",
+            "state",
+            "request_id",
+            "error",
+            "archived",
+            "manifest",
+            "cost_usd",
+            "fingerprint",
+            "reused_from",
+        },
     )
     entry["image_urls"] = [redact_url(u) for u in item.image_urls]
     return entry

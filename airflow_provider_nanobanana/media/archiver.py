@@ -119,6 +119,7 @@ class OutputArchiver:
             started_at=started_at,
             finished_at=finished_at,
             duration_s=duration_s,
+            fingerprint=job.fingerprint,
         )
         if quality is not None:
             manifest.update(quality.manifest_fields())

@@ -152,6 +152,7 @@ class S3MediaHook:
         extra_metadata: Mapping[str, str] | None = None,
         overwrite: bool = False,
         quality: QualityGate | None = None,
+        fingerprint: str | None = None,
     ) -> ArchiveResult:
         """Copy every output of ``request_id`` into ``dest_uri`` and write a manifest beside them.
 
@@ -171,6 +172,7 @@ class S3MediaHook:
             request at all). Off by default, so a custom template cannot silently destroy other archives.
         :param quality: The output quality gate (``media/quality.py``): each output is inspected as it
             streams, and rejected (not stored) or flagged in the manifest per its policy. ``None``: no check.
+        :param fingerprint: The edit's content fingerprint (``spend/fingerprint.py``), for the manifest.
         :raises OutputURLRefusedError: an output URL is not allowed; nothing was fetched.
         :raises OutputsNotArchivedError: some outputs failed after retries; the rest are archived.
         :raises ArchiveError: all images are archived but the manifest could not be written.
@@ -190,6 +192,7 @@ class S3MediaHook:
             extra_metadata=extra_metadata,
             overwrite=overwrite,
             allowed_output_hosts=self.allowed_output_hosts,
+            fingerprint=fingerprint,
         )
         return self.archiver.archive(job, quality)
 

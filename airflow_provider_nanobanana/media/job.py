@@ -53,6 +53,8 @@ class ArchiveJob:
     inputs: tuple[str, ...]
     parameters: Mapping[str, Any]
     overwrite: bool
+    #: The edit's content fingerprint (``spend/fingerprint.py``), recorded in the manifest when known.
+    fingerprint: str | None = None
 
     @classmethod
     def plan(
@@ -72,6 +74,7 @@ class ArchiveJob:
         extra_metadata: Mapping[str, str] | None,
         overwrite: bool,
         allowed_output_hosts: Sequence[str],
+        fingerprint: str | None = None,
     ) -> ArchiveJob:
         """Validate everything that needs no network, and refuse disallowed URLs before any fetch."""
         try:
@@ -124,6 +127,7 @@ class ArchiveJob:
             inputs=tuple(inputs),
             parameters=dict(parameters or {}),
             overwrite=overwrite,
+            fingerprint=fingerprint,
         )
         job.candidate_keys(0)  # renders once, so a bad template or missing field fails before any I/O
         return job

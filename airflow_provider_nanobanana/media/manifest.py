@@ -64,6 +64,8 @@ def build_manifest(
     started_at: str,
     finished_at: str,
     duration_s: float,
+    fingerprint: str | None = None,
+    reused_from: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The manifest document, written as ``{request_id}.manifest.json`` once every output is archived.
 
@@ -71,8 +73,16 @@ def build_manifest(
     values), ``inputs`` (as the user gave them, credentials blanked), ``parameters``, ``prompt_sha256``,
     ``output_count``, ``total_bytes``, ``started_at``/``finished_at`` (UTC ISO-8601) and ``duration_s``.
     Each of ``outputs``: ``index``, ``source_url`` (redacted), ``s3_uri``, ``key``, ``size_bytes``,
-    ``sha256``, ``content_type`` (sniffed), ``reused`` (archived by an earlier run) and ``seconds``.
+    ``sha256``, ``checksum_sha256`` (S3's), ``content_type`` (sniffed), ``reused`` (archived by an
+    earlier run) and ``seconds``. With content-addressed reuse (``spend/reuse.py``): ``fingerprint``
+    (what the edit was, see ``spend/fingerprint.py``) and, for outputs copied from an earlier run
+    instead of paid for again, ``reused_from`` (``request_id`` and ``manifest`` of that run).
     """
+    extra: dict[str, Any] = {}
+    if fingerprint is not None:
+        extra["fingerprint"] = fingerprint
+    if reused_from is not None:
+        extra["reused_from"] = dict(reused_from)
     return {
         "manifest_version": MANIFEST_VERSION,
         "request_id": request_id,
@@ -88,4 +98,5 @@ def build_manifest(
         "started_at": started_at,
         "finished_at": finished_at,
         "duration_s": round(duration_s, 3),
+        **extra,
     }

@@ -60,6 +60,9 @@ class NanoBananaBaseOperator(BaseOperator):
         archived output that fails the quality gate (empty, undecodable, no pixels, a uniform blank,
         fewer than ``num_images``). See docs/cost-control.md#output-quality-gate.
     :param max_resubmits: paid requests ``"resubmit"`` may add per edit (default 1).
+    :param reuse_outputs: do not pay again for an edit already archived under the same
+        ``output_s3_uri`` (same model, parameters, seed, prompt and input bytes): copy its outputs
+        instead (default ``False``). See docs/cost-control.md#reuse.
 
     On Airflow 3.3+ the task's ``retry_policy`` defaults to
     :class:`~airflow_provider_nanobanana.retry_policy.RunComfyRetryPolicy` (auth and rejected input
@@ -90,6 +93,7 @@ class NanoBananaBaseOperator(BaseOperator):
         triggerer_queue: str | None = None,
         on_bad_output: str = "fail",
         max_resubmits: int = 1,
+        reuse_outputs: bool = False,
         **kwargs: Any,
     ) -> None:
         default_retry_policy(kwargs)
@@ -123,6 +127,9 @@ class NanoBananaBaseOperator(BaseOperator):
         PollPolicy.between(poll_interval, poll_max_interval)
         self.on_bad_output = OnBadOutput.parse(on_bad_output)
         self.max_resubmits = check_max_resubmits(max_resubmits)
+        if not isinstance(reuse_outputs, bool):
+            raise ValueError(f"reuse_outputs must be True or False, got {reuse_outputs!r}")
+        self.reuse_outputs = reuse_outputs
 
     def model_parameters(self) -> dict[str, Any]:
         """Every model input but the prompt and the images, as the API names them."""
@@ -157,6 +164,7 @@ class NanoBananaBaseOperator(BaseOperator):
         inputs: list[str],
         key_template: str | None = None,
         quality: QualityGate | None = None,
+        fingerprint: str | None = None,
     ) -> ArchiveResult:
         """Archive one completed request's outputs, with the manifest both operators write.
 
@@ -178,6 +186,7 @@ class NanoBananaBaseOperator(BaseOperator):
                 inputs=inputs,
                 parameters={**parameters, "prompt": prompt},
                 quality=quality,
+                fingerprint=fingerprint,
             )
 
         if quality is None:

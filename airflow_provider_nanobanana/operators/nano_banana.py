@@ -53,10 +53,15 @@ from airflow_provider_nanobanana.polling import JobWatch, wait_for_job
 from airflow_provider_nanobanana.preparation import prepare_request
 from airflow_provider_nanobanana.reattach import JobLedger, fingerprint
 from airflow_provider_nanobanana.redaction import redact_url
+from airflow_provider_nanobanana.spend.reuse import ReuseIndex, find_reusable, remember
 from airflow_provider_nanobanana.triggers.runcomfy import RunComfyJobTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+
+#: XCom key of the edit's content fingerprint, kept from ``execute`` for the archive (reuse_outputs).
+FINGERPRINT_XCOM_KEY = "nanobanana_fingerprint"
 
 
 def _no_retry(exc: Exception) -> Exception:
@@ -163,6 +168,8 @@ class NanoBananaEditOperator(NanoBananaBaseOperator):
         ledger = JobLedger.for_context(context)
         request_id, status = self._reattach(ledger, work)
         if request_id is None:
+            if (reused := self._reuse(context, fields)) is not None:
+                return reused
             request = prepare_request(
                 fields,
                 media=self.media,
@@ -301,6 +308,7 @@ class NanoBananaEditOperator(NanoBananaBaseOperator):
     def _archive(
         self, context: Context, request_id: str, images: list[str], dest_uri: str, gate: QualityGate
     ) -> dict[str, Any]:
+        edit = self._fingerprint(context)
         result = self.archive_edit(
             images,
             request_id=request_id,
@@ -310,8 +318,58 @@ class NanoBananaEditOperator(NanoBananaBaseOperator):
             inputs=self.edit_fields()["image_urls"],
             key_template=self.s3_key_template,
             quality=gate,
+            fingerprint=edit,
         )
-        return {"archived": result.s3_uris, "manifest": result.manifest_uri}
+        remember(self.media, dest_uri, edit, result)
+        return {"archived": result.s3_uris, "manifest": result.manifest_uri, "reused": False}
+
+    # -- content-addressed reuse (spend/reuse.py) -------------------------------------------------
+    def _reuse(self, context: Context, fields: Mapping[str, Any]) -> dict[str, Any] | None:
+        """``reuse_outputs``: copy the outputs of the same edit archived under ``output_s3_uri``, unpaid."""
+        if not (self.reuse_outputs and self.output_s3_uri):
+            return None
+        edit, entry = find_reusable(
+            self.media,
+            self.output_s3_uri,
+            model_id=self.model_id,
+            parameters=self.model_parameters(),
+            prompt=fields["prompt"],
+            image_urls=fields["image_urls"],
+        )
+        self._edit_fingerprint = edit
+        context["ti"].xcom_push(key=FINGERPRINT_XCOM_KEY, value=edit)  # for the archive after deferral
+        if entry is None:
+            return None
+        result = ReuseIndex(self.media.get_client(), self.output_s3_uri).copy_into_run(
+            entry,
+            fields=fields_from_context(context),
+            key_template=self.s3_key_template,
+            prompt=fields["prompt"],
+            inputs=fields["image_urls"],
+            parameters={**self.model_parameters(), "prompt": fields["prompt"]},
+        )
+        archived = {"archived": result.s3_uris, "manifest": result.manifest_uri}
+        self._archived = result.s3_uris
+        self._emit_asset_event(context, entry.request_id, archived)
+        return {
+            "request_id": entry.request_id,
+            "status": JobState.COMPLETED.value,
+            "model_id": self.model_id,
+            "images": [],
+            **archived,
+            "reused": True,
+            "reused_from": entry.reused_from,
+        }
+
+    def _fingerprint(self, context: Context) -> str | None:
+        """The fingerprint ``execute`` computed (XCom: this may run in a later, resumed process)."""
+        if not self.reuse_outputs:
+            return None
+        if (known := getattr(self, "_edit_fingerprint", None)) is not None:
+            return str(known)
+        ti = context["ti"]
+        value = ti.xcom_pull(task_ids=ti.task_id, key=FINGERPRINT_XCOM_KEY, map_indexes=ti.map_index)
+        return value if isinstance(value, str) else None
 
     def _resubmit(self, context: Context, bad: BadOutputError, paid_requests: int) -> dict[str, Any]:
         """``on_bad_output="resubmit"``: pay for the same edit again, at most ``max_resubmits`` times."""
