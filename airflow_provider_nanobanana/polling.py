@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from airflow_provider_nanobanana.config import POLL_MAX_IN_FLIGHT, POLL_RATE_PER_S
+from airflow_provider_nanobanana.config import POLL_MAX_IN_FLIGHT, POLL_QUEUE_MAX_S, POLL_RATE_PER_S
 from airflow_provider_nanobanana.exceptions import (
     RunComfyAPIError,
     RunComfyRateLimitedError,
@@ -73,6 +73,71 @@ class PollPolicy:
         return base * spread
 
 
+#: A queued job far from the head sleeps this share of its predicted wait: a queue that speeds up
+#: then costs one more poll, not a late verdict.
+QUEUE_LEAD = 0.9
+#: A job is next looked at after this share of its expected run time: runs vary, and a look that
+#: comes too early costs one poll while one that comes too late costs latency.
+RUN_AIM = 0.9
+
+
+@dataclass
+class QueueDrain:
+    """How fast the queue ahead of one event loop's jobs empties, and how long a job then runs.
+
+    Learnt from every watched job: two answers of the same queued job give positions moved per
+    second; a job seen starting and ending gives a run time. Old evidence fades with ``half_life_s``,
+    so a queue that speeds up or slows down is followed within minutes. Shared by all jobs of one
+    connection on one loop (:func:`shared_queue_drain`), so a new job is scheduled from its first
+    answer. RunComfy does not say whether ``queue_position`` counts from 0 or 1: positions are only
+    ever differenced, and a job at position ``p`` is taken to have ``p - 1`` jobs ahead (the earlier
+    wake-up of the two readings). Pure bookkeeping; times are ``time.time()`` values passed in.
+    """
+
+    #: Longest sleep of a queued job, however deep the queue (``[nanobanana] poll_queue_max_s``).
+    max_wait_s: float = 300.0
+    half_life_s: float = 120.0
+    #: Seconds of watched queue, and positions seen moved, before a rate is trusted: a queue that
+    #: has not been seen moving is polled by backoff (it may start any moment).
+    min_evidence_s: float = 4.0
+    min_moved: float = 3.0
+    moved: float = 0.0
+    spent_s: float = 0.0
+    run_s: float | None = None
+    _updated_s: float | None = None
+
+    def _decay(self, now: float) -> float:
+        if self._updated_s is None:
+            return 1.0
+        return float(0.5 ** (max(0.0, now - self._updated_s) / self.half_life_s))
+
+    def observe_queue(self, moved: int, seconds: float, now: float) -> None:
+        """A queued job moved ``moved`` positions in ``seconds`` (a position that grew counts as 0)."""
+        if seconds <= 0:
+            return
+        k = self._decay(now)
+        self.moved = self.moved * k + max(0, moved)
+        self.spent_s = self.spent_s * k + seconds
+        self._updated_s = now
+
+    def rate_per_s(self, now: float) -> float | None:
+        """Positions per second, or None while there is too little evidence. One position is added
+        to what was seen: a queue watched standing still for a while may still move next second."""
+        k = self._decay(now)
+        if self.spent_s * k < self.min_evidence_s or self.moved * k < self.min_moved:
+            return None
+        return (self.moved * k + 1.0) / (self.spent_s * k)
+
+    def observe_run(self, seconds: float) -> None:
+        if seconds > 0:
+            self.run_s = seconds if self.run_s is None else 0.7 * self.run_s + 0.3 * seconds
+
+    def run_at_most(self, seconds: float) -> None:
+        """A job went from queued to finished within ``seconds``: runs are not longer than that."""
+        if self.run_s is not None and 0 < seconds < self.run_s:
+            self.run_s = seconds
+
+
 @dataclass
 class JobWatch:
     """State of one wait; every method is pure bookkeeping, no I/O.
@@ -93,8 +158,13 @@ class JobWatch:
     queue_position: int | None = None
     retry_after_s: float | None = None
     last_error: str = ""
+    #: The loop's queue model (:func:`shared_queue_drain`); None polls by backoff alone.
+    drain: QueueDrain | None = field(default=None, repr=False)
     _last_report_s: float = 0.0
     _last_key: tuple[JobState | None, int | None] | None = None
+    _queued_seen: tuple[float, int | None] | None = None  # (when, position) of the last in_queue answer
+    _started: tuple[float, float] | None = None  # (estimated start, half the uncertainty)
+    _running_seen_s: float | None = None  # the last in_progress answer
 
     def remaining_s(self, now: float | None = None) -> float:
         return self.deadline_epoch_s - (time.time() if now is None else now)
@@ -102,11 +172,36 @@ class JobWatch:
     def expired(self, now: float | None = None) -> bool:
         return self.remaining_s(now) <= 0
 
-    def next_delay(self) -> float:
-        delay = self.policy.delay(self.step, retry_after_s=self.retry_after_s)
+    def next_delay(self, now: float | None = None) -> float:
+        """Seconds until the next poll: planned from the queue model when it can predict (a queued
+        job near when it should reach the head, a running one near when it should end), else the
+        policy's backoff. ``Retry-After`` always wins."""
+        now = time.time() if now is None else now
+        planned = None if self.retry_after_s else self._planned_delay(now)
+        delay = self.policy.delay(self.step, retry_after_s=self.retry_after_s) if planned is None else planned
         self.retry_after_s = None
         # Wake up exactly at the deadline rather than oversleeping it, so the timeout is punctual.
-        return max(0.0, min(delay, self.remaining_s()))
+        return max(0.0, min(delay, self.remaining_s(now)))
+
+    def _planned_delay(self, now: float) -> float | None:
+        drain = self.drain
+        if drain is None:
+            return None
+        if self.state is JobState.IN_QUEUE and self.queue_position is not None:
+            rate = drain.rate_per_s(now)
+            if rate is None:
+                return None
+            starts_in = max(0, self.queue_position - 1) / rate
+            if starts_in > self.policy.max_s:  # far from the head: approach it
+                return min(drain.max_wait_s, QUEUE_LEAD * starts_in)
+            if drain.run_s is None:  # near the head, run time unknown: back off from the start
+                return None
+            return max(self.policy.initial_s, starts_in + RUN_AIM * drain.run_s)
+        if self.state is JobState.IN_PROGRESS and self._started is not None and drain.run_s is not None:
+            ends_in = self._started[0] + RUN_AIM * drain.run_s - now
+            if ends_in > self.policy.initial_s:
+                return ends_in
+        return None
 
     # -- the poll step: one home for "ask, then decide" -------------------------------------------
     def poll(self, hook: RunComfyHook) -> JobEvent | None:
@@ -132,7 +227,7 @@ class JobWatch:
         return self.on_status(status)
 
     # -- outcomes of one poll (pure) --------------------------------------------------------------
-    def on_status(self, status: StatusResponse) -> JobEvent | None:
+    def on_status(self, status: StatusResponse, now: float | None = None) -> JobEvent | None:
         """Record a status; the final verdict when the job has ended, None while it runs.
 
         A verdict never carries outputs: whoever acts on a completed job (the worker that archives)
@@ -141,6 +236,7 @@ class JobWatch:
         self.polls += 1
         self.consecutive_errors = 0
         previous = self.state
+        self._learn(status, time.time() if now is None else now)
         self.state, self.state_text = status.status, status.status_text
         self.queue_position = status.queue_position
         if previous is JobState.IN_QUEUE and status.status is JobState.IN_PROGRESS:
@@ -155,6 +251,33 @@ class JobWatch:
         if state is JobState.CANCELLED:
             return self.event("cancelled", "job was cancelled", state=state)
         return None
+
+    def _learn(self, status: StatusResponse, now: float) -> None:
+        """Feed the queue model: positions moved while queued, the run time of a job seen start and end."""
+        state, drain = status.status, self.drain
+        if state is JobState.IN_QUEUE:
+            seen = self._queued_seen
+            if drain is not None and seen is not None and None not in (seen[1], status.queue_position):
+                drain.observe_queue(int(seen[1] or 0) - int(status.queue_position or 0), now - seen[0], now)
+            self._queued_seen = (now, status.queue_position)
+            return
+        queued_until = self._queued_seen[0] if self._queued_seen else None
+        if state is JobState.IN_PROGRESS:
+            if self._started is None:
+                since = now if queued_until is None else queued_until
+                self._started = ((since + now) / 2, (now - since) / 2)
+            self._running_seen_s = now
+            return
+        if drain is None or state not in (JobState.COMPLETED, JobState.FAILED):
+            return
+        if self._started is not None and self._running_seen_s is not None:
+            start, start_err = self._started
+            end, end_err = (self._running_seen_s + now) / 2, (now - self._running_seen_s) / 2
+            # Only a run pinned down to within half its length (or a first poll interval) counts.
+            if start_err + end_err <= max(self.policy.initial_s, 0.5 * (end - start)):
+                drain.observe_run(end - start)
+        elif queued_until is not None:
+            drain.run_at_most(now - queued_until)
 
     def on_error(self, exc: RunComfyAPIError) -> JobEvent | None:
         """A poll failed after the hook's own retries: keep waiting, or end with an ``error`` event."""
@@ -245,6 +368,23 @@ def shared_poll_budget() -> PollBudget:
     if budget is None:
         budget = _BUDGETS[loop] = PollBudget(POLL_RATE_PER_S.get(), int(POLL_MAX_IN_FLIGHT.get()))
     return budget
+
+
+_DRAINS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, QueueDrain]]
+_DRAINS = weakref.WeakKeyDictionary()
+
+
+def shared_queue_drain(key: str) -> QueueDrain | None:
+    """The running loop's queue model for ``key`` (a connection id: one account's view of the queue),
+    or None when ``[nanobanana] poll_queue_max_s`` is 0 (poll by backoff alone)."""
+    max_wait_s = POLL_QUEUE_MAX_S.get()
+    if max_wait_s <= 0:
+        return None
+    drains = _DRAINS.setdefault(asyncio.get_running_loop(), {})
+    drain = drains.get(key)
+    if drain is None:
+        drain = drains[key] = QueueDrain(max_wait_s=max_wait_s)
+    return drain
 
 
 def _needs_failure_detail(status: StatusResponse) -> bool:

@@ -15,7 +15,13 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_nanobanana.hooks.runcomfy import RunComfyHook
 from airflow_provider_nanobanana.models import JobEvent, validate_request_id
-from airflow_provider_nanobanana.polling import JobWatch, PollPolicy, hold_until, shared_poll_budget
+from airflow_provider_nanobanana.polling import (
+    JobWatch,
+    PollPolicy,
+    hold_until,
+    shared_poll_budget,
+    shared_queue_drain,
+)
 from airflow_provider_nanobanana.triggers.versioning import check_kwargs_version
 
 #: Version of the serialized kwargs. 1 (0.1.0, no ``kwargs_version`` key) had no release hold.
@@ -80,7 +86,10 @@ class RunComfyJobTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         watch = JobWatch(
-            self.request_id, self.deadline_epoch_s, PollPolicy.between(self.poll_interval_s, self.poll_max_s)
+            self.request_id,
+            self.deadline_epoch_s,
+            PollPolicy.between(self.poll_interval_s, self.poll_max_s),
+            drain=shared_queue_drain(self.runcomfy_conn_id),  # queue-position-aware schedule
         )
         event = await self._wait(watch)
         await hold_until(self.release_not_before_epoch_s)

@@ -1,0 +1,193 @@
+"""Queue-position-aware polling (issue #17): what the schedule decides, on a patched clock.
+
+Every time here is a ``now`` handed to the watch, or the patched ``time.time``; nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from airflow_provider_nanobanana.exceptions import RunComfyRateLimitedError
+from airflow_provider_nanobanana.models import StatusResponse
+from airflow_provider_nanobanana.polling import (
+    QUEUE_LEAD,
+    RUN_AIM,
+    JobWatch,
+    PollPolicy,
+    QueueDrain,
+    shared_queue_drain,
+)
+from tests.fakes import install_clock
+
+POLICY = PollPolicy(initial_s=2, factor=1.5, max_s=30, jitter=0)
+
+
+def status(state: str, position: int | None = None) -> StatusResponse:
+    return StatusResponse.model_validate({"request_id": "r1", "status": state, "queue_position": position})
+
+
+def trained(rate: float = 2.0, run_s: float | None = 10.0, at: float = 1000.0) -> QueueDrain:
+    """A drain that has watched the queue move ``rate`` positions/s for a minute."""
+    drain = QueueDrain()
+    drain.observe_queue(round(rate * 60), 60.0, at)
+    drain.run_s = run_s
+    return drain
+
+
+def watch_for(drain: QueueDrain | None, deadline: float = 1e12) -> JobWatch:
+    return JobWatch("r1", deadline, POLICY, drain=drain, started_epoch_s=0.0)
+
+
+# -- the drain estimate --------------------------------------------------------------------------
+
+
+def test_no_rate_before_the_queue_was_watched_long_enough_and_seen_moving():
+    drain = QueueDrain()
+    assert drain.rate_per_s(0.0) is None
+    drain.observe_queue(10, 2.0, 2.0)  # moved, but watched only 2 s
+    assert drain.rate_per_s(2.0) is None
+    stuck = QueueDrain()
+    stuck.observe_queue(0, 60.0, 60.0)  # watched a minute, never moved: may start any moment
+    assert stuck.rate_per_s(60.0) is None
+    drain.observe_queue(10, 3.0, 5.0)
+    assert drain.rate_per_s(5.0) == pytest.approx((20 + 1) / 5.0, rel=0.05)  # 3 s of decay
+
+
+def test_a_position_that_grows_counts_as_no_progress():
+    drain = QueueDrain()
+    drain.observe_queue(-50, 10.0, 10.0)  # a priority job jumped ahead
+    drain.observe_queue(10, 10.0, 20.0)
+    assert drain.rate_per_s(20.0) == pytest.approx(11 / 20, rel=0.05)  # 10 s of decay
+
+
+def test_old_evidence_fades_so_a_faster_queue_is_followed():
+    drain = QueueDrain(half_life_s=60.0)
+    drain.observe_queue(60, 600.0, 600.0)  # 0.1/s for ten minutes
+    drain.observe_queue(100, 50.0, 1200.0)  # then, ten minutes later, 2/s
+    assert drain.rate_per_s(1200.0) > 1.0
+
+
+def test_run_time_is_learnt_from_runs_pinned_down_and_capped_by_quick_ones():
+    drain = QueueDrain()
+    watch = watch_for(drain)
+    watch.on_status(status("in_queue", 1), 100.0)
+    watch.on_status(status("in_progress"), 102.0)  # started in (100, 102]
+    watch.on_status(status("in_progress"), 110.0)
+    watch.on_status(status("completed"), 112.0)  # ended in (110, 112]
+    assert drain.run_s == pytest.approx(10.0)
+    loose = watch_for(drain)
+    loose.on_status(status("in_queue", 1), 200.0)
+    loose.on_status(status("in_progress"), 260.0)  # a minute of doubt about the start: not a sample
+    loose.on_status(status("completed"), 262.0)
+    assert drain.run_s == pytest.approx(10.0)
+    quick = watch_for(drain)
+    quick.on_status(status("in_queue", 1), 300.0)
+    quick.on_status(status("completed"), 306.0)  # queued to done in 6 s: runs take at most 6 s
+    assert drain.run_s == pytest.approx(6.0)
+
+
+def test_two_answers_of_one_queued_job_feed_the_drain():
+    drain = QueueDrain()
+    watch = watch_for(drain)
+    watch.on_status(status("in_queue", 100), 0.0)
+    watch.on_status(status("in_queue", 80), 10.0)
+    assert drain.rate_per_s(10.0) == pytest.approx(21 / 10)
+
+
+# -- the schedule --------------------------------------------------------------------------------
+
+
+def test_a_job_deep_in_the_queue_sleeps_most_of_its_predicted_wait():
+    watch = watch_for(trained(rate=2.0))
+    watch.on_status(status("in_queue", 201), 1000.0)  # 200 ahead at ~2/s: starts in ~100 s
+    rate = (120 + 1) / 60
+    assert watch.next_delay(1000.0) == pytest.approx(QUEUE_LEAD * 200 / rate)
+    assert watch.next_delay(1000.0) > POLICY.max_s  # far past what backoff alone would wait
+
+
+def test_the_predicted_sleep_is_capped():
+    drain = trained(rate=2.0)
+    drain.max_wait_s = 60.0
+    watch = watch_for(drain)
+    watch.on_status(status("in_queue", 5000), 1000.0)
+    assert watch.next_delay(1000.0) == 60.0
+
+
+def test_near_the_head_the_next_look_is_when_the_job_should_be_nearly_done():
+    watch = watch_for(trained(rate=2.0, run_s=10.0))
+    watch.on_status(status("in_queue", 5), 1000.0)  # 4 ahead: starts in ~2 s, runs ~10 s
+    starts_in = 4 / ((120 + 1) / 60)
+    assert watch.next_delay(1000.0) == pytest.approx(starts_in + RUN_AIM * 10.0)
+
+
+@pytest.mark.parametrize("position", [0, 1])
+def test_positions_0_and_1_both_mean_next_in_line(position):
+    """RunComfy does not document whether positions count from 0 or 1: both are read as 'next'."""
+    watch = watch_for(trained(rate=2.0, run_s=10.0))
+    watch.on_status(status("in_queue", position), 1000.0)
+    assert watch.next_delay(1000.0) == pytest.approx(RUN_AIM * 10.0)
+
+
+def test_near_the_head_with_no_run_time_known_it_backs_off():
+    watch = watch_for(trained(rate=2.0, run_s=None))
+    watch.on_status(status("in_queue", 3), 1000.0)
+    assert watch.next_delay(1000.0) == POLICY.delay(watch.step)
+
+
+def test_a_running_job_is_looked_at_when_it_should_be_nearly_done_then_by_backoff():
+    watch = watch_for(trained(rate=2.0, run_s=20.0))
+    watch.on_status(status("in_queue", 1), 1000.0)
+    watch.on_status(status("in_progress"), 1002.0)  # started at ~1001
+    assert watch.next_delay(1002.0) == pytest.approx(1001 + RUN_AIM * 20.0 - 1002)
+    watch.on_status(status("in_progress"), 1019.0)  # longer than expected: back off from the start
+    assert watch.next_delay(1019.0) == POLICY.delay(watch.step)
+
+
+def test_without_a_drain_or_a_rate_it_is_todays_backoff():
+    blind = watch_for(None)
+    blind.on_status(status("in_queue", 500), 1000.0)
+    assert blind.next_delay(1000.0) == POLICY.delay(blind.step)
+    untrained = watch_for(QueueDrain())
+    untrained.on_status(status("in_queue", 500), 1000.0)
+    assert untrained.next_delay(1000.0) == POLICY.delay(untrained.step)
+
+
+def test_retry_after_wins_over_the_prediction():
+    watch = watch_for(trained(rate=2.0))
+    watch.on_status(status("in_queue", 201), 1000.0)
+    watch.on_error(RunComfyRateLimitedError("slow down", retry_after_s=7.0))
+    assert watch.next_delay(1000.0) == 7.0
+
+
+def test_a_prediction_never_sleeps_past_the_deadline():
+    watch = watch_for(trained(rate=2.0), deadline=1010.0)
+    watch.on_status(status("in_queue", 201), 1000.0)
+    assert watch.next_delay(1000.0) == pytest.approx(10.0)
+
+
+def test_the_patched_clock_drives_the_defaults(monkeypatch):
+    clock = install_clock(monkeypatch)
+    drain = QueueDrain()
+    watch = JobWatch("r1", clock.now + 3600, POLICY, drain=drain)
+    watch.on_status(status("in_queue", 300))
+    clock.now += 30
+    watch.on_status(status("in_queue", 240))  # 60 positions in 30 s
+    assert drain.rate_per_s(clock.now) == pytest.approx(61 / 30)
+    assert watch.next_delay() == pytest.approx(QUEUE_LEAD * 239 / (61 / 30))
+
+
+# -- one drain per loop and connection -------------------------------------------------------------
+
+
+def test_one_drain_per_loop_and_connection_and_none_when_switched_off(monkeypatch):
+    async def drains() -> tuple[QueueDrain | None, ...]:
+        return shared_queue_drain("a"), shared_queue_drain("a"), shared_queue_drain("b")
+
+    a, again, b = asyncio.run(drains())
+    assert a is again
+    assert a is not b
+    assert asyncio.run(drains())[0] is not a  # a new loop learns afresh
+    monkeypatch.setenv("AIRFLOW__NANOBANANA__POLL_QUEUE_MAX_S", "0")
+    assert asyncio.run(drains()) == (None, None, None)
