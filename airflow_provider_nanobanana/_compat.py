@@ -14,6 +14,11 @@ except ImportError:  # Airflow 3.1
     from airflow.exceptions import AirflowFailException, TaskDeferred  # type: ignore[no-redef]
 
 try:  # Airflow >= 3.2
+    from airflow.sdk.exceptions import AirflowSkipException
+except ImportError:  # Airflow 3.1
+    from airflow.exceptions import AirflowSkipException  # type: ignore[no-redef,attr-defined,unused-ignore]
+
+try:  # Airflow >= 3.2
     from airflow.sdk import conf
 except ImportError:  # Airflow 3.1
     from airflow.configuration import conf  # type: ignore[assignment]
@@ -32,6 +37,7 @@ except ImportError:  # Airflow < 3.3: operators take no retry_policy; Airflow's 
 __all__ = [
     "HAS_RETRY_POLICY",
     "AirflowFailException",
+    "AirflowSkipException",
     "RetryPolicy",
     "TaskDeferred",
     "airflow_mask_secret",

@@ -26,6 +26,9 @@ from airflow_provider_nanobanana.operators.base import NanoBananaBaseOperator
 from airflow_provider_nanobanana.outcome import completed_outputs, deferral_timeout
 from airflow_provider_nanobanana.report.link import ContactSheetLink
 from airflow_provider_nanobanana.report.publish import publish_batch_report
+from airflow_provider_nanobanana.spend.budget import OnBudgetExhausted, batch_ledger, reservation_key
+from airflow_provider_nanobanana.spend.preflight import preflight_spend
+from airflow_provider_nanobanana.spend.pricing import as_usd
 from airflow_provider_nanobanana.spend.reuse import remember, reuse_batch_items
 
 if TYPE_CHECKING:
@@ -167,6 +170,8 @@ class NanoBananaBatchEditOperator(NanoBananaBaseOperator):
             for item in state.in_state(ItemState.FAILED, ItemState.CANCELLED):
                 item.attempts, item.request_id = 0, None  # a task retry retries them
                 item.move(ItemState.PENDING, error=item.error)
+            for item in state.in_state(ItemState.SKIPPED_BUDGET):  # the ledger decides again (unpaid)
+                item.move(ItemState.PENDING)
         if self.reuse_outputs:  # edits already archived under output_s3_uri are copied, not paid for
             reuse_batch_items(
                 self.media,
@@ -176,6 +181,13 @@ class NanoBananaBatchEditOperator(NanoBananaBaseOperator):
                 parameters=self.model_parameters(),
                 fields=fields_from_context(context),
             )
+        price = preflight_spend(
+            self.hook,
+            limits=self.budget,
+            requests=len(state.in_state(ItemState.PENDING)),
+            num_images=self.num_images,
+            on_exhausted=self.on_budget_exhausted,
+        )
         state = checkpoint.save(state)
         if all(item.state.is_final for item in state.items):
             return self._finish(context, checkpoint, None)
@@ -195,6 +207,8 @@ class NanoBananaBatchEditOperator(NanoBananaBaseOperator):
                 poll_max_s=self.poll_max_interval,
                 presign_expiry_s=self.presign_expiry,
                 release_not_before_epoch_s=time.time() + self.min_deferral_s(),
+                price_per_request_usd=price,
+                **self.budget.as_kwargs(),
             ),
             method_name="execute_complete",
             timeout=deferral_timeout(self.timeout, self.poll_max_interval),
@@ -221,6 +235,12 @@ class NanoBananaBatchEditOperator(NanoBananaBaseOperator):
         if event is not None and event.status != "success":
             raise RunComfyError(
                 f"batch ended with {event.status}: {event.message}; {state.counts()} ({manifest})"
+            )
+        skipped = state.in_state(ItemState.SKIPPED_BUDGET)
+        if skipped and self.on_budget_exhausted is OnBudgetExhausted.FAIL:
+            raise RunComfyError(
+                f"{len(skipped)} item(s) were over the spend budget ({self.budget.as_kwargs()}) and "
+                f"were not submitted; on_budget_exhausted='fail' ({manifest})"
             )
         if missing:
             raise ArchiveError(
@@ -250,8 +270,10 @@ class NanoBananaBatchEditOperator(NanoBananaBaseOperator):
         def archive(item: BatchItem) -> str | None:
             try:
                 assert item.request_id is not None
+                answer = self.hook.get_result(item.request_id)
+                item.cost_usd = as_usd(answer.cost)
                 result = self.archive_edit(
-                    completed_outputs(self.hook.get_result(item.request_id)),
+                    completed_outputs(answer),
                     request_id=item.request_id,
                     dest_uri=self.output_s3_uri,
                     fields=fields,
@@ -269,4 +291,7 @@ class NanoBananaBatchEditOperator(NanoBananaBaseOperator):
 
         with ThreadPoolExecutor(max_workers=self.archive_concurrency) as pool:
             missing = [m for m in pool.map(archive, todo) if m]
+        ledger = batch_ledger(checkpoint, self.budget)
+        if ledger is not None and todo:  # reported costs replace the list-price estimates (one PUT)
+            ledger.settle({reservation_key(i.id, i.claims): i.cost_usd for i in todo})
         return checkpoint.save(state), missing

@@ -20,7 +20,7 @@ import contextlib
 import json
 import math
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
 
@@ -55,6 +55,7 @@ from airflow_provider_nanobanana.models import (
     validate_request_id,
 )
 from airflow_provider_nanobanana.redaction import REDACTED, redact_text
+from airflow_provider_nanobanana.spend.pricing import BalanceResponse, ModelInfo
 
 #: API answers are small JSON documents; anything larger (after decoding) is refused unread.
 MAX_ANSWER_BYTES = 1 << 20
@@ -65,6 +66,9 @@ class Endpoint(str, Enum):
     STATUS = "status"
     RESULT = "result"
     CANCEL = "cancel"
+    #: ``GET /v1/models/{id}`` (the list price) and ``GET {balance_url}/balance``: budget pre-flight.
+    MODEL = "model"
+    BALANCE = "balance"
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,7 @@ class Call:
     response_model: type[BaseModel]
     body: Mapping[str, Any] | None = None
     request_id: str | None = None
+    params: Mapping[str, str] | None = None
 
     @property
     def is_submit(self) -> bool:
@@ -117,7 +122,17 @@ class RunComfyProtocol:
         return self._request_call(Endpoint.STATUS, "GET", request_id, StatusResponse)
 
     def _result_call(self, request_id: str) -> Call:
-        return self._request_call(Endpoint.RESULT, "GET", request_id, ResultResponse)
+        # ``include_cost``: the answer adds ``cost`` (USD), recorded in manifests and the spend ledger.
+        call = self._request_call(Endpoint.RESULT, "GET", request_id, ResultResponse)
+        return replace(call, params={"include_cost": "true"})
+
+    def _model_call(self, model_id: str) -> Call:
+        return Call(Endpoint.MODEL, "GET", model_path(model_id), ModelInfo)
+
+    def _balance_call(self) -> Call | None:
+        """``GET {balance_url}/balance`` on RunComfy's core API; None when no ``balance_url`` is set."""
+        url = self.settings.balance_url
+        return None if url is None else Call(Endpoint.BALANCE, "GET", f"{url}/balance", BalanceResponse)
 
     def _cancel_call(self, request_id: str) -> Call:
         return self._request_call(Endpoint.CANCEL, "POST", request_id, CancelResponse)
@@ -131,7 +146,9 @@ class RunComfyProtocol:
         timeout = client.timeout
         if call.is_submit:
             timeout = httpx.Timeout(self.settings.submit_read_timeout_s, connect=timeout.connect)
-        return client.build_request(call.method, call.path, json=call.body, timeout=timeout)
+        return client.build_request(
+            call.method, call.path, json=call.body, params=call.params, timeout=timeout
+        )
 
     def _exchange_s(self, call: Call) -> float:
         s = self.settings

@@ -44,6 +44,7 @@ from airflow_provider_nanobanana.models import (
     validate_request_id,
 )
 from airflow_provider_nanobanana.redaction import mask_secret, redact_httpx_logs
+from airflow_provider_nanobanana.spend.pricing import BalanceResponse, ModelInfo
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -154,6 +155,15 @@ class RunComfyHook(BaseHook, RunComfyProtocol):
     def cancel(self, request_id: str) -> CancelResponse:
         return self._execute(self._cancel_call(request_id))
 
+    def get_model(self) -> ModelInfo:
+        """The model's metadata; only its list price is read (budget pre-flight)."""
+        return self._execute(self._model_call(self.model_id))
+
+    def get_balance(self) -> BalanceResponse | None:
+        """The account balance from the core API; None when the connection sets no ``balance_url``."""
+        call = self._balance_call()
+        return None if call is None else self._execute(call)
+
     def _execute(self, call: Call, *, total_s: float | None = None) -> Any:
         client = self.get_conn()
         for attempt in Retrying(**self._retry_kwargs(total_s)):
@@ -189,6 +199,14 @@ class RunComfyHook(BaseHook, RunComfyProtocol):
 
     async def acancel(self, request_id: str) -> CancelResponse:
         return await self._aexecute(self._cancel_call(request_id))
+
+    async def aget_model(self) -> ModelInfo:
+        return await self._aexecute(self._model_call(self.model_id))
+
+    async def aget_balance(self) -> BalanceResponse | None:
+        await self.aget_settings()
+        call = self._balance_call()
+        return None if call is None else await self._aexecute(call)
 
     async def _aexecute(self, call: Call) -> Any:
         await self.aget_settings()

@@ -50,6 +50,9 @@ class RunComfySettings:
     allow_insecure_inputs: bool = False
     verify_tls: bool = True
     output_hosts: tuple[str, ...] = ()
+    #: Base URL of RunComfy's core API, where ``GET /balance`` lives (not the Model API host); from
+    #: the connection extra ``balance_url``. ``None``: budget pre-flights skip the balance check.
+    balance_url: str | None = None
 
     def __post_init__(self) -> None:
         if not self.token:
@@ -62,6 +65,11 @@ class RunComfySettings:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
                 raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
         object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
+        if self.balance_url is not None:
+            balance = urlsplit(self.balance_url)
+            if balance.scheme not in ("http", "https") or not balance.hostname:
+                raise ValueError(f"balance_url must be an http(s) URL, got {self.balance_url!r}")
+            object.__setattr__(self, "balance_url", self.balance_url.rstrip("/"))
 
     @classmethod
     def from_connection(cls, conn: Any) -> RunComfySettings:
@@ -84,6 +92,8 @@ class RunComfySettings:
         if "output_hosts" in extra:
             hosts = extra["output_hosts"]
             kwargs["output_hosts"] = tuple(hosts.split(",") if isinstance(hosts, str) else hosts)
+        if "balance_url" in extra:
+            kwargs["balance_url"] = str(extra["balance_url"]).strip()
         return cls(token=conn.password or "", base_url=base_url, **kwargs)
 
     @property

@@ -26,6 +26,7 @@ from airflow_provider_nanobanana.models import DEFAULT_MODEL_ID, MODEL_PARAMETER
 from airflow_provider_nanobanana.outcome import check_seconds
 from airflow_provider_nanobanana.polling import PollPolicy
 from airflow_provider_nanobanana.retry_policy import default_retry_policy
+from airflow_provider_nanobanana.spend.budget import BudgetLimits, OnBudgetExhausted
 from airflow_provider_nanobanana.trigger_queue import check_triggerer_queue, route_deferral
 
 if TYPE_CHECKING:
@@ -56,6 +57,13 @@ class NanoBananaBaseOperator(BaseOperator):
         ``airflow triggerer --queues <name>`` (Airflow 3.2+ with ``[triggerer] queues_enabled``);
         the task itself still runs on its own ``queue``. ``None``: the task's ``queue``, as Airflow
         does. Ignored on 3.1. See docs/trigger.md.
+    :param max_paid_requests: most paid requests (``None``: no limit), counted across retries,
+        resumes and triggerer restarts in an S3 ledger: per batch, or per DAG run and ``budget_key``
+        for single edits (a mapped fleet shares one). See docs/cost-control.md.
+    :param max_spend_usd: most dollars, reserved at the list price before each submit and settled
+        at the cost RunComfy reports (``None``: no limit).
+    :param on_budget_exhausted: ``"skip"`` (default), ``"fail"`` or ``"succeed"``: the task's outcome
+        for work the budget did not cover (never submitted, never paid).
     :param on_bad_output: ``"fail"`` (default), ``"keep"`` or ``"resubmit"``: what happens to an
         archived output that fails the quality gate (empty, undecodable, no pixels, a uniform blank,
         fewer than ``num_images``). See docs/cost-control.md#output-quality-gate.
@@ -91,9 +99,12 @@ class NanoBananaBaseOperator(BaseOperator):
         presign_expiry: int = 6 * 3600,
         min_deferral: float | None = None,
         triggerer_queue: str | None = None,
+        max_paid_requests: int | None = None,
+        max_spend_usd: float | None = None,
+        on_budget_exhausted: str = "skip",
+        reuse_outputs: bool = False,
         on_bad_output: str = "fail",
         max_resubmits: int = 1,
-        reuse_outputs: bool = False,
         **kwargs: Any,
     ) -> None:
         default_retry_policy(kwargs)
@@ -125,11 +136,13 @@ class NanoBananaBaseOperator(BaseOperator):
                 f"presign_expiry must be 1..{MAX_PRESIGN_EXPIRY_S} s (the SigV4 limit), got {presign_expiry}"
             )
         PollPolicy.between(poll_interval, poll_max_interval)
-        self.on_bad_output = OnBadOutput.parse(on_bad_output)
-        self.max_resubmits = check_max_resubmits(max_resubmits)
+        self.budget = BudgetLimits(max_paid_requests, max_spend_usd)
+        self.on_budget_exhausted = OnBudgetExhausted.parse(on_budget_exhausted)
         if not isinstance(reuse_outputs, bool):
             raise ValueError(f"reuse_outputs must be True or False, got {reuse_outputs!r}")
         self.reuse_outputs = reuse_outputs
+        self.on_bad_output = OnBadOutput.parse(on_bad_output)
+        self.max_resubmits = check_max_resubmits(max_resubmits)
 
     def model_parameters(self) -> dict[str, Any]:
         """Every model input but the prompt and the images, as the API names them."""

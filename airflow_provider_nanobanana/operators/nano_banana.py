@@ -54,6 +54,13 @@ from airflow_provider_nanobanana.preparation import prepare_request
 from airflow_provider_nanobanana.reattach import JobLedger, fingerprint
 from airflow_provider_nanobanana.redaction import redact_url
 from airflow_provider_nanobanana.spend.reuse import ReuseIndex, find_reusable, remember
+from airflow_provider_nanobanana.spend.single import (
+    SingleEditBudget,
+    check_budget_location,
+    reserve_or_skip,
+    settle_cost,
+    spend_budget,
+)
 from airflow_provider_nanobanana.triggers.runcomfy import RunComfyJobTrigger
 
 if TYPE_CHECKING:
@@ -89,6 +96,10 @@ class NanoBananaEditOperator(NanoBananaBaseOperator):
     :param output_s3_uri: ``s3://bucket/prefix/``; when set, every output is archived there with a
         JSON manifest, and the task fails if any output cannot be archived.
     :param s3_key_template: key of each archived image below ``output_s3_uri``.
+    :param budget_key: with ``max_paid_requests``/``max_spend_usd``: the name of the budget this task
+        spends from, shared per DAG run by every task (and map index) that gives the same key
+        (default: the task id, so one mapped task's fleet shares one budget).
+    :param budget_s3_uri: ``s3://bucket/prefix/`` of the spend ledger (default: ``output_s3_uri``).
 
     Returns (XCom) ``{"request_id", "status", "images", "archived", "manifest", "model_id"}``. The
     ``images`` are the output URLs with any signature redacted; ``archived`` are the S3 URIs.
@@ -116,9 +127,14 @@ class NanoBananaEditOperator(NanoBananaBaseOperator):
         output_s3_uri: str | None = None,
         staging_s3_uri: str | None = None,
         s3_key_template: str | None = None,
+        budget_key: str | None = None,
+        budget_s3_uri: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(timeout=timeout, **kwargs)
+        check_budget_location(self.budget, budget_s3_uri, output_s3_uri)
+        self.budget_key = budget_key
+        self.budget_s3_uri = budget_s3_uri
         self.image_urls = image_urls
         self.deferrable = deferrable
         self.wait_before_defer = check_seconds("wait_before_defer", wait_before_defer)
@@ -176,7 +192,9 @@ class NanoBananaEditOperator(NanoBananaBaseOperator):
                 allow_insecure_inputs=self.hook.settings.allow_insecure_inputs,
                 staging_uri=self.staging_s3_uri,
             )
-            request_id = self._submit(request)
+            if (skipped := reserve_or_skip(self, context)) is not None:
+                return skipped
+            request_id = self._submit(request, spend_budget(self, context))
             ledger.record(request_id, work)
         return self._watch(context, request_id, status)
 
@@ -243,11 +261,15 @@ class NanoBananaEditOperator(NanoBananaBaseOperator):
         self.log.info("Earlier request %s ended %s; submitting anew", request_id, status.status.value)
         return None, None
 
-    def _submit(self, request: EditRequest) -> str:
+    def _submit(self, request: EditRequest, budget: SingleEditBudget | None = None, paid: int = 1) -> str:
         try:
             response = self.hook.submit(request)
         except RunComfySubmitUnknownError as exc:
             raise _no_retry(exc) from exc
+        except RunComfyError:
+            if budget is not None:  # any other error: provably no job, so no charge
+                budget.release(paid)
+            raise
         self.log.info(
             "Submitted %s to %s: request %s", self.model_id, self.hook.settings.base_url, response.request_id
         )
@@ -277,6 +299,7 @@ class NanoBananaEditOperator(NanoBananaBaseOperator):
     def _complete(self, context: Context, request_id: str, paid_requests: int = 1) -> dict[str, Any]:
         # The verdict carries no outputs: the result is fetched here, once, where it is archived.
         result = self.hook.get_result(request_id)
+        cost_usd = settle_cost(self, context, result.cost, paid_requests)
         archived: dict[str, Any] = {"archived": [], "manifest": None}
         if self.output_s3_uri:
             images = result.images  # the gate judges an empty or short list itself
@@ -303,6 +326,8 @@ class NanoBananaEditOperator(NanoBananaBaseOperator):
             "model_id": self.model_id,
             "images": [redact_url(u) for u in images],
             **archived,
+            # What RunComfy reported the job cost (USD), when it did (``result?include_cost=true``).
+            **({"cost_usd": cost_usd} if cost_usd is not None else {}),
         }
 
     def _archive(

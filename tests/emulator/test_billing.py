@@ -19,7 +19,8 @@ def test_model_price_and_a_balance_that_goes_down_per_paid_job(api: Api) -> None
     api.wait(request_id, JobState.COMPLETED)
     assert api.result(request_id, include_cost="true")["cost"] == pytest.approx(0.16)
     counters = api.http.get("/_emulator/counters").json()
-    assert counters["model_reads"] == 1 and counters["balance_reads"] == 2
+    assert counters["model_reads"] == 1
+    assert counters["balance_reads"] == 2
     assert counters["spent_usd"] == pytest.approx(0.16)
 
 
