@@ -180,6 +180,28 @@ class AirflowClient:
                 return value
         return value
 
+    # -- human in the loop (Airflow 3.1+) and assets ------------------------------------------------
+    def _hitl_path(self, dag_id: str, run_id: str, task_id: str, map_index: int) -> str:
+        return f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/{map_index}/hitlDetails"
+
+    def hitl_detail(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> dict[str, Any]:
+        """What a human-in-the-loop task asks (``subject``, ``body``, ``options``) and any response."""
+        detail: dict[str, Any] = self._call("GET", self._hitl_path(dag_id, run_id, task_id, map_index))
+        return detail
+
+    def respond_hitl(
+        self, dag_id: str, run_id: str, task_id: str, chosen_options: list[str], map_index: int = -1
+    ) -> dict[str, Any]:
+        """Answer a waiting human-in-the-loop task, as a person would in the UI."""
+        path = self._hitl_path(dag_id, run_id, task_id, map_index)
+        answer: dict[str, Any] = self._call("PATCH", path, json={"chosen_options": chosen_options})
+        return answer
+
+    def asset_events(self, **filters: str) -> list[dict[str, Any]]:
+        """``GET /assets/events`` filtered, e.g. ``source_dag_id=..., source_run_id=...``."""
+        events: list[dict[str, Any]] = self._call("GET", "/assets/events", params=filters)["asset_events"]
+        return events
+
     def wait_for_run(
         self,
         dag_id: str,

@@ -1,7 +1,9 @@
-"""A contact sheet: each input in the left column, its edited outputs to the right, all labelled.
+"""The demo's contact sheet: each input in the left column, its edited outputs to the right, labelled.
 
 It is the quickest way for a person to check a run: one PNG shows that every input got an output
-and which one is which, without opening S3 or the Airflow UI.
+and which one is which, without opening S3 or the Airflow UI. The drawing is the provider's own
+(:mod:`airflow_provider_nanobanana.report.sheet`, the sheet the batch operator writes); this module
+only feeds it images the demo already holds in memory.
 """
 
 from __future__ import annotations
@@ -11,15 +13,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageOps
+from PIL import Image
 
-from devstack.seed import label_font
+from airflow_provider_nanobanana.report.rows import ReportRow, RowStatus, select_rows
+from airflow_provider_nanobanana.report.sheet import SheetLimits, render_sheet
 
 THUMB = 220
-PAD = 16
-CAPTION_H = 44
-HEADER_H = 56
-BACKGROUND = (245, 245, 245)
+#: The demo seeds at most 500 images; a sheet of more than this many rows would be too tall to read.
+MAX_ROWS = 100
 
 
 @dataclass
@@ -32,39 +33,40 @@ class SheetRow:
     output_labels: list[str] = field(default_factory=list)
 
 
-def _thumbnail(data: bytes) -> Image.Image:
-    with Image.open(io.BytesIO(data)) as image:
-        return ImageOps.contain(image.convert("RGB"), (THUMB, THUMB))
-
-
-def _caption(text: str, limit: int = 30) -> str:
-    return text if len(text) <= limit else "..." + text[-(limit - 3) :]
+def _report_rows(rows: Sequence[SheetRow]) -> tuple[list[ReportRow], dict[str, bytes]]:
+    """The rows as the provider's report rows, with in-memory images behind ``mem://`` names."""
+    images: dict[str, bytes] = {}
+    report_rows = []
+    for r, row in enumerate(rows):
+        images[f"mem://{r}/input"] = row.input_png
+        outputs = []
+        for c, data in enumerate(row.outputs):
+            images[f"mem://{r}/{c}"] = data
+            outputs.append(f"mem://{r}/{c}")
+        report_rows.append(
+            ReportRow(
+                label=row.label,
+                status=RowStatus.SUCCEEDED if outputs else RowStatus.FAILED,
+                inputs=(f"mem://{r}/input",),
+                outputs=tuple(outputs),
+                output_labels=tuple(row.output_labels),
+                error="" if outputs else "no output",
+            )
+        )
+    return report_rows, images
 
 
 def render_contact_sheet(rows: Sequence[SheetRow], title: str, subtitle: str = "") -> Image.Image:
     """Lay out ``rows``; the sheet is as wide as the row with the most outputs."""
-    columns = 1 + max((len(r.outputs) for r in rows), default=0)
-    width = PAD + columns * (THUMB + PAD)
-    height = HEADER_H + len(rows) * (THUMB + CAPTION_H + PAD) + PAD
-    sheet = Image.new("RGB", (width, max(height, HEADER_H + PAD)), BACKGROUND)
-    draw = ImageDraw.Draw(sheet)
-    font, small = label_font(20), label_font(14)
-    draw.text((PAD, 8), title, fill=(0, 0, 0), font=font)
-    draw.text((PAD, 34), _caption(subtitle, 60), fill=(90, 90, 90), font=small)
-    for r, row in enumerate(rows):
-        top = HEADER_H + r * (THUMB + CAPTION_H + PAD)
-        cells = [(row.input_png, f"{row.label} (input)")]
-        labels = row.output_labels or [f"output {i + 1}" for i in range(len(row.outputs))]
-        cells += list(zip(row.outputs, labels, strict=True))
-        for c, (data, caption) in enumerate(cells):
-            left = PAD + c * (THUMB + PAD)
-            thumb = _thumbnail(data)
-            sheet.paste(thumb, (left + (THUMB - thumb.width) // 2, top + (THUMB - thumb.height) // 2))
-            draw.rectangle((left - 1, top - 1, left + THUMB, top + THUMB), outline=(180, 180, 180))
-            draw.text((left, top + THUMB + 6), _caption(caption), fill=(30, 30, 30), font=small)
-        if not row.outputs:
-            draw.text((PAD + THUMB + PAD, top + THUMB // 2), "no output", fill=(200, 0, 0), font=font)
-    return sheet
+    report_rows, images = _report_rows(rows)
+    limits = SheetLimits(
+        thumb_px=THUMB,
+        max_rows=max(1, min(len(rows), MAX_ROWS)),
+        max_outputs=max([1, *(len(r.outputs) for r in rows)]),
+    )
+    selection = select_rows(report_rows, limits.max_rows)
+    sheet = render_sheet(selection, images.__getitem__, title=title, subtitle=subtitle, limits=limits)
+    return Image.open(io.BytesIO(sheet.png))
 
 
 def write_contact_sheet(rows: Sequence[SheetRow], path: Path, title: str, subtitle: str = "") -> Path:

@@ -8,6 +8,7 @@
 ``publish``        write a task's report, push it to XCom; the batch operator's call
 ``link``           the "Contact sheet" operator extra link
 ``fleet``          the report of a mapped single-edit fleet: a function and an operator
+``review``         a review sample of a finished batch (every failure, a few random successes)
 =================  ======================================================================
 
 Names are imported from their module on first access, so importing the pure parts does not load
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from airflow_provider_nanobanana.report.fleet import NanoBananaContactSheetOperator, edits_report
     from airflow_provider_nanobanana.report.link import REPORT_XCOM_KEY, ContactSheetLink
     from airflow_provider_nanobanana.report.publish import publish_batch_report, publish_report
+    from airflow_provider_nanobanana.report.review import review_sample
     from airflow_provider_nanobanana.report.rows import (
         ReportRow,
         RowStatus,
@@ -42,6 +44,7 @@ _HOMES = {
     "ContactSheetLink": "link",
     "publish_batch_report": "publish",
     "publish_report": "publish",
+    "review_sample": "review",
     "ReportRow": "rows",
     "RowStatus": "rows",
     "Selection": "rows",
@@ -69,6 +72,7 @@ __all__ = [
     "publish_batch_report",
     "publish_report",
     "render_sheet",
+    "review_sample",
     "rows_from_batch",
     "rows_from_edits",
     "sample_rows",

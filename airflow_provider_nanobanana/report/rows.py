@@ -24,7 +24,6 @@ class RowStatus(str, Enum):
     UNFINISHED = "unfinished"  # still pending or running when the report was written (a timeout)
     SKIPPED = "skipped"  # never submitted: the spend budget did not cover it
 
-
     @classmethod
     def of_batch_state(cls, state: str, *, archived: bool, error: str) -> RowStatus:
         if state == "archived" and archived:

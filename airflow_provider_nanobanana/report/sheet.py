@@ -128,7 +128,7 @@ class _CellPainter:
         size = self.limits.thumb_px
         if row.failed:
             colour = FAILED_RED if row.status is RowStatus.FAILED else UNFINISHED_AMBER
-            self.draw.rectangle((2, top - 5, width - 3, top + size + CAPTION_H - 2), outline=colour, width=3)
+            self.draw.rectangle((2, top - 5, width - 3, top + size + CAPTION_H + 2), outline=colour, width=3)
         first_input = row.inputs[0] if row.inputs else None
         extra_inputs = f" (+{len(row.inputs) - 1} inputs)" if len(row.inputs) > 1 else ""
         self.cell(first_input, PAD, top, [clip(row.label, 22) + extra_inputs, "input"])

@@ -21,6 +21,7 @@ EXPECTED_TASKS = {
     "nanobanana_s3_enrichment": {"list_input_images", "edit_image", "summarize"},
     "nanobanana_scheduled": {"daily_edit"},
     "nanobanana_batch_enrichment": {"edit_prefix"},
+    "nanobanana_review": {"edit_batch", "sample_for_review", "approve", "publish"},
 }
 
 
@@ -167,3 +168,15 @@ def test_enrichment_summary_collects_requests_images_and_manifests(dagbag: Any) 
         "manifests": ["s3://b/o/r1.manifest.json"],
     }
     json.dumps(summary)  # XCom-serialisable
+
+
+def test_review_dag_publishes_only_after_an_approval(dagbag: Any) -> None:
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    dag = dagbag.dags["nanobanana_review"]
+    with_outlets = {t.task_id for t in dag.tasks if t.outlets}
+    assert with_outlets == {"publish"}, "only the approved path emits the Asset event"
+    approve = dag.get_task("approve")
+    assert isinstance(approve, ApprovalOperator)
+    assert approve.defaults == ["Reject"], "no answer in time must not publish"
+    assert dag.get_task("publish").upstream_task_ids >= {"approve"}

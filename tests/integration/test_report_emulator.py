@@ -13,6 +13,7 @@ from PIL import Image
 
 from airflow_provider_nanobanana.report.fleet import NanoBananaContactSheetOperator
 from airflow_provider_nanobanana.report.link import REPORT_XCOM_KEY, ContactSheetLink
+from airflow_provider_nanobanana.report.review import review_sample
 from tests.fakes import new_context
 from tests.integration.test_batch_emulator import batch_context, batch_operator, run_batch, seed_inputs
 from tests.integration.test_operator_emulator import operator as edit_operator
@@ -54,7 +55,8 @@ def test_a_batch_writes_its_contact_sheet_beside_the_manifest(
     seed_inputs(moto_s3, s3_bucket, 8)
     emulator.configure(queue_s=0.05, run_s=0.1, failure_rate=0.5, seed=3)
     context = batch_context()
-    result = run_batch(batch_operator(s3_bucket, item_retries=0, max_failed_fraction=1.0), context)
+    task = batch_operator(s3_bucket, item_retries=0, max_failed_fraction=1.0)
+    result = run_batch(task, context)
     assert 0 < result["failed"] < 8
 
     report = result["report"]
@@ -83,6 +85,13 @@ def test_a_batch_writes_its_contact_sheet_beside_the_manifest(
     assert response.status_code == 200
     assert response.text == html
     assert response.headers["content-type"].startswith("text/html")
+
+    # The review sample of the same batch: every failure plus one random success, in review/.
+    review = review_sample(context, task.media, result["manifest"], sample_size=1)
+    assert review["html"] == f"{folder}/review/contact_sheet.html"
+    assert (review["batch_total"], review["batch_failed"]) == (8, result["failed"])
+    assert (review["total"], review["failed"]) == (result["failed"] + 1, result["failed"])
+    assert read(s3, review["html"]).decode().count("<tr ") == result["failed"] + 1
 
 
 def test_a_mapped_fleet_gets_a_report_with_its_failed_task_marked(
