@@ -410,15 +410,16 @@ class NanoBananaEditOperator(NanoBananaBaseOperator):
             self.max_resubmits,
         )
         fields = self.validate_inputs()
-        # HOOK POINT (spend budget): this is a new paid request. It goes through the same
-        # prepare/submit as the first one; a per-run spend ledger for single edits must reserve here.
         request = prepare_request(
             fields,
             media=self.media,
             allow_insecure_inputs=self.hook.settings.allow_insecure_inputs,
             staging_uri=self.staging_s3_uri,
         )
-        request_id = self._submit(request)
+        # A new paid request: it is reserved in the run's spend budget (when one is set) like the first.
+        if (skipped := reserve_or_skip(self, context, paid=paid_requests + 1)) is not None:
+            return skipped
+        request_id = self._submit(request, spend_budget(self, context), paid=paid_requests + 1)
         # A retry of this task re-attaches to the newest request, never to the rejected one.
         JobLedger.for_context(context).record(request_id, fingerprint({**fields, "model_id": self.model_id}))
         return self._watch(context, request_id, None, paid_requests + 1)

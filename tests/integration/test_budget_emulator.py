@@ -255,3 +255,23 @@ def test_a_budget_without_a_place_for_its_ledger_is_refused_at_parse_time():
         NanoBananaEditOperator(
             task_id="e", prompt="p", image_urls=["https://x/a.png"], on_budget_exhausted="pause"
         )
+
+
+def test_a_quality_gate_resubmit_pays_again_and_is_counted(emulator, moto_s3, s3_bucket):
+    """on_bad_output="resubmit" sends a second paid request: it needs a unit of the budget too."""
+    seed_inputs(moto_s3, s3_bucket, 2)
+    emulator.configure(queue_s=0.0, run_s=0.05)
+    emulator.set_faults(bad_output="blank", bad_output_jobs=1)  # the first job's output is blank
+    task, context = fleet_member(s3_bucket, 0, max_paid_requests=2, on_bad_output="resubmit")
+    assert task.execute(context)["status"] == "completed"
+    ledger = SpendLedger(
+        moto_s3.client(), s3_bucket, "out/_budget/enrich/manual__fleet/edit.json", BudgetLimits()
+    )
+    assert sorted(ledger.snapshot().reservations) == ["edit/0#1", "edit/0#1.2"]
+    assert emulator.counters()["jobs_created"] == 2
+    # over budget, the resubmit is not sent: the task is skipped (on_budget_exhausted="skip")
+    emulator.set_faults(bad_output="zero_bytes", bad_output_jobs=1)  # a new setting: the next job
+    task, context = fleet_member(s3_bucket, 1, max_paid_requests=3, on_bad_output="resubmit")
+    with pytest.raises(AirflowSkipException, match="not submitted and not paid"):
+        task.execute(context)
+    assert emulator.counters()["jobs_created"] == 3
