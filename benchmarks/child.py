@@ -19,6 +19,7 @@ TASKS = {
     "workers": "benchmarks.workers",
     "polls": "benchmarks.polls",
     "archive": "benchmarks.archive",
+    "reuse": "benchmarks.reuse",
     "batch": "benchmarks.batch",
     "transport": "benchmarks.transport",
 }

@@ -172,26 +172,75 @@ def polls_section(res: dict[str, Any], command: str) -> list[str]:
 
 
 def archive_section(res: dict[str, Any], command: str) -> list[str]:
+    ran_on = res.get("ran_on", "moto server on loopback")
+    rows = [{**r, "ran_on": ran_on} for r in res["rows"]]
     cols = [
         ("variant", "variant"),
         ("size_mb", "output MB"),
-        ("wall_s", "wall s"),
+        ("ran_on", "ran on"),
+        ("wall_s", "wall s (warm, median)"),
+        ("cold_wall_s", "first copy in the process s"),
+        ("speed_vs_naive", "speed vs naive (naive s / ours s)"),
         ("mb_per_s", "MB/s"),
         ("base_rss_mb", "RSS before MB"),
         ("peak_rss_mb", "peak RSS MB"),
         ("peak_above_base_mb", "peak above baseline MB"),
         ("error", "error"),
     ]
+    repeats = res.get("repeats", 1)
     return [
         "## 4. Archive path: output -> S3",
         "",
         f"`{command}`",
         "",
-        "Emulator (`--output-pad-bytes`) and moto server each in their own process; each variant in a fresh "
-        "child. Streaming wall time includes the archive's planning calls, the multipart upload, the in-place "
-        "`CopyObject` that records the sha256, and the manifest.",
+        f"Ran on: {ran_on} (moto and the emulator serving the padded output each in their own process). Each "
+        f"variant ran {repeats} times per size in a fresh child, alternating with the other; the run with the "
+        "median warm wall time is shown. Each child copies the output twice and the second (warm) copy is "
+        "compared: the first pays one-time costs (boto3 loading operation models, lazy imports) and is shown "
+        "apart. Wall time is the copy alone, after imports and client creation: for ours "
+        "the existence check (LIST), the streamed GET, the upload (one `PutObject` up to 8 MiB, else a "
+        "multipart upload whose parts go up in a background thread while the next is read), S3 SHA-256 "
+        "checksums on every part, and the manifest; no `CopyObject`. Naive: `requests.get().content` then one "
+        "`put_object`, nothing else.",
         "",
-        table(res["rows"], cols),
+        table(rows, cols),
+        "",
+    ]
+
+
+def reuse_section(res: dict[str, Any], command: str) -> list[str]:
+    hashing, batch = res.get("hash", {}), res.get("batch", {})
+    hash_cols = [
+        ("input_mb", "input MB"),
+        ("plain_get_s", "plain streamed GET s"),
+        ("hash_s", "fingerprint hashing s"),
+        ("hash_vs_get", "hashing / GET"),
+        ("get_requests_per_input", "GETs per input"),
+        ("peak_above_base_mb", "peak RSS above baseline MB (both paths)"),
+    ]
+    batch_cols = [
+        ("run", "run"),
+        ("items", "items"),
+        ("paid_requests", "paid requests (POSTs at the emulator)"),
+        ("reused", "reused"),
+        ("succeeded", "succeeded"),
+        ("failed", "failed"),
+        ("wall_s", "wall s"),
+    ]
+    return [
+        "## 7. Content-addressed reuse (`reuse_outputs`)",
+        "",
+        f"`{command}`",
+        "",
+        f"Ran on: {res.get('ran_on', 'loopback')}. Hash cost: the fingerprint streams each input once; "
+        "compared with a plain streamed GET of the same `s3://` object (boto3, 1 MiB reads), median of 5, "
+        "so the single-edit path costs at most one extra GET per input. Re-run: one batch over N distinct "
+        "images with `reuse_outputs=True`, then the same batch in another DAG run; worker and trigger in "
+        "one process, emulator jobs instant, so the first run's seconds are mostly archiving.",
+        "",
+        table(hashing["rows"], hash_cols) if "rows" in hashing else f"error: {hashing.get('error')}",
+        "",
+        table(batch["rows"], batch_cols) if "rows" in batch else f"error: {batch.get('error')}",
         "",
     ]
 
@@ -297,6 +346,15 @@ def targets_section(results: dict[str, Any]) -> list[str]:
             worst = max(r["peak_above_base_mb"] for r in streamed)
             rows.append(
                 {
+                    "target": "archive at least as fast as download-then-put at every size (moto on loopback)",
+                    "measured": ", ".join(
+                        f"{r['size_mb']} MB: {r.get('speed_vs_naive', '?')}x" for r in streamed
+                    ),
+                    "verdict": _verdict(all(r.get("speed_vs_naive", 0) >= 1.0 for r in streamed)),
+                }
+            )
+            rows.append(
+                {
                     "target": f"archive peak RSS < {TARGET_ARCHIVE_MB:.0f} MB above baseline, any size",
                     "measured": ", ".join(
                         f"{r['size_mb']} MB: +{r['peak_above_base_mb']} MB" for r in streamed
@@ -304,6 +362,29 @@ def targets_section(results: dict[str, Any]) -> list[str]:
                     "verdict": _verdict(worst < TARGET_ARCHIVE_MB),
                 }
             )
+    reuse = results.get("reuse", {})
+    rerun = [r for r in reuse.get("batch", {}).get("rows", []) if r["run"].startswith("re-run")]
+    if rerun:
+        rows.append(
+            {
+                "target": f"a re-run of a {rerun[0]['items']:,}-image batch with reuse_outputs pays 0 requests",
+                "measured": f"{rerun[0]['paid_requests']} paid, {rerun[0]['wall_s']} s",
+                "verdict": _verdict(rerun[0]["paid_requests"] == 0),
+            }
+        )
+    hashed = reuse.get("hash", {}).get("rows", [])
+    if hashed:
+        rows.append(
+            {
+                "target": "fingerprint hashing costs one extra streamed GET per input (flat memory)",
+                "measured": ", ".join(
+                    f"{r['input_mb']} MB: {r.get('get_requests_per_input', '?')} GET, {r['hash_vs_get']}x "
+                    "a plain GET's time (SHA-256 CPU on top)"
+                    for r in hashed
+                ),
+                "verdict": _verdict(all(r.get("get_requests_per_input") == 1 for r in hashed)),
+            }
+        )
     why: list[str] = []
     trig = results.get("triggerer")
     if trig and "rows" in trig:
@@ -332,6 +413,7 @@ SECTIONS = {
     "archive": archive_section,
     "batch": batch_section,
     "triggerer": report_triggerer.section,
+    "reuse": reuse_section,
 }
 
 
