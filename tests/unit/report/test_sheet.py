@@ -29,7 +29,8 @@ class Store:
     """An image loader over a dict that counts reads."""
 
     def __init__(self, images: dict[str, bytes]) -> None:
-        self.images, self.reads = images, []
+        self.images = images
+        self.reads: list[str] = []
 
     def __call__(self, uri: str) -> bytes:
         self.reads.append(uri)
