@@ -12,7 +12,9 @@ two runs. Before anything is paid, ``claim_new_images`` writes a claim per objec
 (``edited/_claims/<hash of key>-<ETag>.json``) with S3's conditional create (``If-None-Match: *``):
 only the first run to create it edits that image. A retry of the same run keeps its own claims, and
 each edit task's retry re-attaches to the request it already submitted. An overwrite with new bytes
-has a new ETag, so it is edited again; deleting a claim makes its image editable again.
+has a new ETag, so it is edited again. Deleting a claim lets its image through again, and
+``reuse_outputs=True`` then copies an edit already archived for the same bytes and prompt instead
+of paying for it.
 
 Requires the Amazon provider (``pip install 'airflow-provider-nanobanana[amazon]'``) for the
 ``aws_default`` connection, and Airflow 3 event-driven scheduling (every Airflow this provider
@@ -159,6 +161,9 @@ def nanobanana_event_driven() -> None:
         timeout=30 * 60,
         retries=1,  # a retry re-attaches to the request already submitted, it does not pay twice
         retry_delay=timedelta(seconds=30),
+        # Behind the claims: if a claim is deleted (to redo a failed edit, or by a lifecycle rule), an
+        # edit already archived with the same prompt, parameters and input bytes is copied, not paid.
+        reuse_outputs=True,
         map_index_template="{{ task.image_urls[0] }}",
     ).expand_kwargs(claim_new_images())
 
