@@ -47,6 +47,8 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": [f"{PACKAGE}.triggers.runcomfy", f"{PACKAGE}.batch.trigger"],
             }
         ],
+        # The page the "RunComfy request" link opens, served by the API server (request_page.py).
+        "plugins": [{"name": "nanobanana", "plugin-class": f"{PACKAGE}.request_page.NanoBananaPlugin"}],
         "extra-links": [f"{PACKAGE}.links.RunComfyRequestLink", f"{PACKAGE}.report.link.ContactSheetLink"],
         "config": {
             "nanobanana": {

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import pytest
 from PIL import Image
 
@@ -118,6 +119,30 @@ def check_bucket(s3: Any, results: list[dict[str, Any]], input_uris: list[str]) 
     assert sorted(manifest_inputs) == sorted(input_uris), "each input edited exactly once"
 
 
+def check_request_page(
+    client: AirflowClient, stack: LocalStack, run_id: str, map_index: int, request_id: str
+) -> None:
+    """Follow the "RunComfy request" extra link as a browser would: a page behind Airflow's login
+    that shows the request's state, with no token in it."""
+    links = client._call(
+        "GET",
+        f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{EDIT_TASK_ID}/links",
+        params={"map_index": map_index},
+    )["extra_links"]
+    url = links["RunComfy request"]
+    assert url.startswith(f"/nanobanana/requests/{request_id}?"), url
+    token = client._http.headers["Authorization"].removeprefix("Bearer ")
+    with httpx.Client(base_url=client.base_url, timeout=30) as browser:
+        assert browser.get(url).status_code in (401, 403)  # not without an Airflow login
+        browser.cookies.set("_token", token)  # the UI's session cookie after logging in
+        page = browser.get(url)
+    assert page.status_code == 200, page.text[:500]
+    assert page.headers["content-type"].startswith("text/html")
+    assert request_id in page.text
+    assert "<strong>completed</strong>" in page.text
+    assert stack.emulator.token not in page.text
+
+
 def test_enrichment_dag_runs_deferred_and_archives_every_image(stack: LocalStack) -> None:
     with logs_on_failure(stack):
         s3 = stack.moto.client()
@@ -158,6 +183,7 @@ def test_enrichment_dag_runs_deferred_and_archives_every_image(stack: LocalStack
         assert len({r["request_id"] for r in results}) == N_IMAGES
 
         check_bucket(s3, results, [img.uri for img in seeded])
+        check_request_page(client, stack, run_id, edit_tis[0].map_index, results[0]["request_id"])
 
         summary = client.xcom(DAG_ID, run_id, "summarize")
         assert summary["requests"] == N_IMAGES
