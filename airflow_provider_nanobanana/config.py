@@ -64,15 +64,17 @@ class Choice:
         return value
 
 
-#: Most status/result polls per second across all RunComfy waiters of one triggerer.
-POLL_RATE_PER_S = Option("poll_rate_per_s", 150.0, minimum=0.001)
+#: Most status/result polls per second across all RunComfy waiters of one triggerer. 400/s costs the
+#: CPU the 0.1.x default (150/s through httpx's transport, ~2.9 ms a poll) did: ~0.4 of a core at
+#: ~1 ms a poll through the aiohttp transport (docs/trigger.md#poll-budget has the derivation).
+POLL_RATE_PER_S = Option("poll_rate_per_s", 400.0, minimum=0.001)
 #: Most RunComfy polls in flight at once per triggerer.
 POLL_MAX_IN_FLIGHT = Option("poll_max_in_flight", 32.0, minimum=1.0)
 #: Longest sleep, in seconds, of a queued job whose wait the loop can predict from RunComfy's
 #: ``queue_position`` (0: never predict; poll by backoff alone, capped by ``poll_max_interval``).
 POLL_QUEUE_MAX_S = Option("poll_queue_max_s", 300.0)
 #: Which HTTP transport sends the event loop's status/result GETs: ``aiohttp`` (httpx-aiohttp, about
-#: 8x less CPU per poll) or ``httpx`` (httpx's own). Submit and cancel POSTs always use httpx's own,
+#: a third of the CPU per poll) or ``httpx`` (httpx's own). Submit and cancel POSTs always use httpx's own,
 #: which tells a failure before sending from one after.
 POLL_TRANSPORT = Choice("poll_transport", "aiohttp", ("aiohttp", "httpx"))
 #: Seconds the worker keeps polling after submitting before it defers (most edits finish in seconds;

@@ -130,10 +130,14 @@ def test_positions_0_and_1_both_mean_next_in_line(position):
     assert watch.next_delay(1000.0) == pytest.approx(RUN_AIM * 10.0)
 
 
-def test_near_the_head_with_no_run_time_known_it_backs_off():
+def test_near_the_head_with_no_run_time_known_it_looks_when_the_job_should_start():
+    """...so that the start is pinned down and the run time can be learnt."""
     watch = watch_for(trained(rate=2.0, run_s=None))
-    watch.on_status(status("in_queue", 3), 1000.0)
-    assert watch.next_delay(1000.0) == POLICY.delay(watch.step)
+    for _ in range(8):
+        watch.on_status(status("in_queue", 41), 1000.0)  # the backoff has grown meanwhile
+    watch.on_status(status("in_queue", 21), 1000.0)
+    assert watch.next_delay(1000.0) == pytest.approx(20 / ((120 + 1) / 60))
+    assert watch.next_delay(1000.0) < POLICY.delay(watch.step)
 
 
 def test_a_running_job_is_looked_at_when_it_should_be_nearly_done_then_by_backoff():
