@@ -166,6 +166,7 @@ class BatchRun:
             return
         item = self.by_id[item_id]
         item.claims += 1
+        item.claim_generation = self.generation
         item.move(ItemState.SUBMITTING)
         claims = item.claims
         if not await self._reserve(item_id, claims):
@@ -267,7 +268,9 @@ class BatchRun:
         claim = (
             None
             if item.claims == 0
-            else await asyncio.to_thread(self.checkpoint.read_claim, self.generation, item)
+            else await asyncio.to_thread(
+                self.checkpoint.read_claim, item.claim_generation or self.generation, item
+            )
         )
         item = self.by_id[item_id]
         if item.claims == 0 or (claim is not None and claim.get("sent") and not claim.get("request_id")):

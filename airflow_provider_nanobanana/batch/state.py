@@ -72,6 +72,9 @@ class BatchItem(BaseModel):
     attempts: int = 0
     #: Claims taken for this item; each POST is preceded by claim number ``claims`` (see checkpoint).
     claims: int = 0
+    #: The generation (task try) that took claim number ``claims``: a later try looks for the claim
+    #: there, so a POST an earlier try sent is found, not sent again. ``None``: written before 0.2.0.
+    claim_generation: int | None = None
     #: Bumped on every change, so a merge keeps the most advanced view of the item.
     version: int = 0
     error: str = ""

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from airflow_provider_nanobanana._compat import AirflowFailException, AirflowSkipException, TaskDeferred
-from airflow_provider_nanobanana.batch import BatchCheckpoint
+from airflow_provider_nanobanana.batch import BatchCheckpoint, ItemState
 from airflow_provider_nanobanana.exceptions import RunComfyError
 from airflow_provider_nanobanana.hooks.runcomfy import RunComfyHook
 from airflow_provider_nanobanana.operators.nano_banana import NanoBananaEditOperator
@@ -275,3 +275,29 @@ def test_a_quality_gate_resubmit_pays_again_and_is_counted(emulator, moto_s3, s3
     with pytest.raises(AirflowSkipException, match="not submitted and not paid"):
         task.execute(context)
     assert emulator.counters()["jobs_created"] == 3
+
+
+def test_a_task_retry_finds_the_posts_an_earlier_try_sent_and_neither_pays_nor_counts_again(
+    emulator, moto_s3, s3_bucket
+):
+    """Claims live under the generation (task try) that took them: a retry must look there."""
+    seed_inputs(moto_s3, s3_bucket, 6)
+    emulator.configure(queue_s=0.3, run_s=0.2, max_running=8)
+    task, context = batch_operator(s3_bucket, max_in_flight=6, max_paid_requests=6), batch_context()
+    with pytest.raises(TaskDeferred) as deferred:
+        task.execute(context)
+    asyncio.run(run_until_jobs_then_kill(rebuilt(deferred.value.trigger), emulator, 6))
+    # The try died after its POSTs (their claims hold the request ids) but before its state said so.
+    checkpoint = BatchCheckpoint(moto_s3.client(), s3_bucket, "out/enrich/manual__1/batch/-1")
+    state = checkpoint.load()
+    assert state is not None
+    for item in state.items:
+        item.state, item.request_id = ItemState.SUBMITTING, None
+    checkpoint.save(state)
+    retry = batch_operator(s3_bucket, max_in_flight=6, max_paid_requests=6)
+    with pytest.raises(TaskDeferred) as again:
+        retry.execute(context)  # a new generation
+    result = retry.execute_complete(context, asyncio.run(first_event(rebuilt(again.value.trigger))))
+    assert emulator.counters()["jobs_created"] == 6
+    assert result["counts"] == {"archived": 6}
+    assert ledger_of(moto_s3, s3_bucket, result).snapshot().paid_requests() == 6
