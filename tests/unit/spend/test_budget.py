@@ -152,13 +152,16 @@ def test_price_and_balance_are_read_leniently():
     assert ModelInfo.model_validate({"base_price_usd": "n/a"}).price_per_request_usd(1) is None
     assert ModelInfo.model_validate({}).price_per_request_usd(1) is None
     assert BalanceResponse.model_validate({"balance_usd": -3}).balance_usd is None
-    assert as_usd(True) is None and as_usd("$1.5") == 1.5 and as_usd(float("inf")) is None
+    assert as_usd(True) is None
+    assert as_usd("$1.5") == 1.5
+    assert as_usd(float("inf")) is None
 
 
 def test_a_refusal_is_decided_on_a_fresh_read_not_on_a_cached_one(moto_s3, s3_bucket):
     first = _ledger(moto_s3, s3_bucket, max_paid_requests=2)
     second = _ledger(moto_s3, s3_bucket, max_paid_requests=2)
-    assert first.reserve("a", 1) and first.reserve("b", 1)
+    assert first.reserve("a", 1)
+    assert first.reserve("b", 1)
     second.load()  # sees the budget spent
     first.release("a", 1)  # a POST that never left gives its unit back
     assert second.reserve("c", 1)
