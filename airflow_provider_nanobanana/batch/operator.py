@@ -14,16 +14,17 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from airflow_provider_nanobanana.batch.checkpoint import BatchCheckpoint
 from airflow_provider_nanobanana.batch.state import BatchEvent, BatchItem, BatchState, ItemState, summary
 from airflow_provider_nanobanana.batch.trigger import RunComfyBatchTrigger
 from airflow_provider_nanobanana.exceptions import ArchiveError, RunComfyError, RunComfyJobFailedError
 from airflow_provider_nanobanana.media.keys import fields_from_context, parse_s3_prefix, sanitize_key_field
+from airflow_provider_nanobanana.media.quality import BadOutputError, OnBadOutput
 from airflow_provider_nanobanana.models import EditRequest
 from airflow_provider_nanobanana.operators.base import NanoBananaBaseOperator
-from airflow_provider_nanobanana.outcome import completed_outputs, deferral_timeout
+from airflow_provider_nanobanana.outcome import deferral_timeout
 from airflow_provider_nanobanana.report.link import ContactSheetLink
 from airflow_provider_nanobanana.report.publish import publish_batch_report
 from airflow_provider_nanobanana.spend.budget import OnBudgetExhausted, batch_ledger, reservation_key
@@ -181,6 +182,13 @@ class NanoBananaBatchEditOperator(NanoBananaBaseOperator):
                 parameters=self.model_parameters(),
                 fields=fields_from_context(context),
             )
+        state = checkpoint.save(state)
+        if all(item.state.is_final for item in state.items):
+            return self._finish(context, checkpoint, None)
+        self._defer_batch(checkpoint, state)
+
+    def _defer_batch(self, checkpoint: BatchCheckpoint, state: BatchState) -> NoReturn:
+        """Hand the pending items to the trigger (it claims, reserves budget and pays for each)."""
         price = preflight_spend(
             self.hook,
             limits=self.budget,
@@ -188,9 +196,6 @@ class NanoBananaBatchEditOperator(NanoBananaBaseOperator):
             num_images=self.num_images,
             on_exhausted=self.on_budget_exhausted,
         )
-        state = checkpoint.save(state)
-        if all(item.state.is_final for item in state.items):
-            return self._finish(context, checkpoint, None)
         self.log.info("Deferring batch of %d items (max %d in flight)", len(state.items), self.max_in_flight)
         self.defer(
             trigger=RunComfyBatchTrigger(
@@ -227,6 +232,8 @@ class NanoBananaBatchEditOperator(NanoBananaBaseOperator):
         if state is None:
             raise RunComfyError(f"batch checkpoint {checkpoint.uri} disappeared")
         state, missing = self._archive_completed(context, state, checkpoint)
+        if state.in_state(ItemState.PENDING) and (event is None or event.status == "success"):
+            self._defer_batch(checkpoint, state)  # on_bad_output="resubmit": the trigger pays again
         manifest = checkpoint.write_manifest(state, {"output_s3_uri": self.output_s3_uri})
         result = {**summary(state), "manifest": manifest, "checkpoint": checkpoint.uri}
         result["reused"] = sum(1 for item in state.items if item.reused_from)
@@ -272,20 +279,25 @@ class NanoBananaBatchEditOperator(NanoBananaBaseOperator):
                 assert item.request_id is not None
                 answer = self.hook.get_result(item.request_id)
                 item.cost_usd = as_usd(answer.cost)
+                gate = self.quality_gate(paid_requests=1 + item.resubmits)
                 result = self.archive_edit(
-                    completed_outputs(answer),
+                    answer.images,  # the gate judges an empty or short list itself
                     request_id=item.request_id,
                     dest_uri=self.output_s3_uri,
                     fields=fields,
                     prompt=item.prompt,
                     inputs=item.image_urls,
                     fingerprint=item.fingerprint,
+                    quality=gate,
                 )
                 remember(self.media, self.output_s3_uri, item.fingerprint, result)
+            except BadOutputError as exc:
+                self._bad_item(item, exc)
+                return None  # not lost: failed_quality, or pending to be paid for again
             except (RunComfyError, OSError) as exc:
                 item.error = str(exc)[:500]
                 return f"{item.id} ({item.request_id}): {exc}"
-            item.archived, item.manifest = result.s3_uris, result.manifest_uri
+            item.archived, item.manifest, item.quality = result.s3_uris, result.manifest_uri, gate.flagged
             item.move(ItemState.ARCHIVED)
             return None
 
@@ -295,3 +307,21 @@ class NanoBananaBatchEditOperator(NanoBananaBaseOperator):
         if ledger is not None and todo:  # reported costs replace the list-price estimates (one PUT)
             ledger.settle({reservation_key(i.id, i.claims): i.cost_usd for i in todo})
         return checkpoint.save(state), missing
+
+    def _bad_item(self, item: BatchItem, bad: BadOutputError) -> None:
+        """An item whose outputs the quality gate rejected: pending again (``resubmit``) or ``failed_quality``."""
+        item.quality = bad.problems
+        if self.on_bad_output is OnBadOutput.RESUBMIT and item.resubmits < self.max_resubmits:
+            item.resubmits += 1
+            self.log.warning(
+                "Paying again: item %s (request %s) failed the quality gate (%s); resubmitting it "
+                "(resubmit %d of at most %d)",
+                item.id,
+                item.request_id,
+                "; ".join(f"{k}: {v}" for k, v in bad.problems.items()),
+                item.resubmits,
+                self.max_resubmits,
+            )
+            item.move(ItemState.PENDING, error=f"resubmitted: {bad}")
+        else:
+            item.move(ItemState.FAILED_QUALITY, error=str(bad))

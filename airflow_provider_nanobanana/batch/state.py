@@ -31,6 +31,9 @@ class ItemState(str, Enum):
     #: The spend budget (``max_paid_requests``/``max_spend_usd``) did not cover it: never submitted,
     #: never paid, not a failure (see spend/budget.py).
     SKIPPED_BUDGET = "skipped_budget"
+    #: Its job completed but its outputs failed the quality gate (``on_bad_output``, media/quality.py):
+    #: nothing of it archived. A failure.
+    FAILED_QUALITY = "failed_quality"
 
     @property
     def is_final(self) -> bool:
@@ -43,7 +46,12 @@ class ItemState(str, Enum):
 
     @property
     def is_failure(self) -> bool:
-        return self in (ItemState.FAILED, ItemState.CANCELLED, ItemState.SUBMIT_UNKNOWN)
+        return self in (
+            ItemState.FAILED,
+            ItemState.CANCELLED,
+            ItemState.SUBMIT_UNKNOWN,
+            ItemState.FAILED_QUALITY,
+        )
 
 
 FINAL_ITEM_STATES = frozenset(
@@ -54,6 +62,7 @@ FINAL_ITEM_STATES = frozenset(
         ItemState.CANCELLED,
         ItemState.SUBMIT_UNKNOWN,
         ItemState.SKIPPED_BUDGET,
+        ItemState.FAILED_QUALITY,
     }
 )
 
@@ -86,6 +95,11 @@ class BatchItem(BaseModel):
     fingerprint: str | None = None
     #: The earlier request whose archived outputs were copied instead of paying again (reuse).
     reused_from: str | None = None
+    #: The quality gate's problems with its outputs (``{index: problem}``): flagged ones under
+    #: ``on_bad_output="keep"``, the rejected ones of a ``failed_quality`` item.
+    quality: dict[str, str] = Field(default_factory=dict)
+    #: Paid requests the quality gate's ``resubmit`` added for this item (bounded by ``max_resubmits``).
+    resubmits: int = 0
 
     def move(self, state: ItemState, *, error: str = "", request_id: str | None = None) -> None:
         """Change state (and keep ``version`` honest); ``request_id`` is kept unless a new one is given."""
@@ -168,6 +182,7 @@ def manifest_entry(item: BatchItem) -> dict[str, Any]:
             "cost_usd",
             "fingerprint",
             "reused_from",
+            "quality",
         },
     )
     entry["image_urls"] = [redact_url(u) for u in item.image_urls]

@@ -206,3 +206,115 @@ def run_deferred_through_resubmits(task: NanoBananaEditOperator, context: dict[s
             extra = dict(deferred.kwargs or {})
             call = lambda method=method, payload=payload, extra=extra: method(context, payload, **extra)  # noqa: E731
     raise AssertionError("more deferrals than resubmits allow")
+
+
+# --- the batch operator: a bad item ends failed_quality / flagged / paid again, the others unaffected ---
+
+
+def batch_items(input_uri: str, bad: str | None = "blank") -> list[dict[str, Any]]:
+    marker = f" [bad_output:{bad}]" if bad else ""
+    return [
+        {"id": "good-1", "image_urls": [input_uri], "prompt": "make it purple"},
+        {"id": "bad", "image_urls": [input_uri], "prompt": f"make it green{marker}"},
+        {"id": "good-2", "image_urls": [input_uri], "prompt": "make it blue"},
+    ]
+
+
+def run_batch_through_deferrals(task: Any, context: dict[str, Any]) -> dict[str, Any]:
+    """execute, then each trigger on an event loop and execute_complete, as often as the task defers."""
+    import asyncio
+
+    from airflow_provider_nanobanana._compat import TaskDeferred
+    from airflow_provider_nanobanana.triggers.batch import RunComfyBatchTrigger
+
+    async def first_event(trigger: Any) -> dict[str, Any]:
+        async for event in trigger.run():
+            return dict(event.payload)
+        raise AssertionError("no event")
+
+    call = lambda: task.execute(context)  # noqa: E731
+    for _ in range(5):
+        try:
+            return call()
+        except TaskDeferred as deferred:
+            _path, kwargs = deferred.trigger.serialize()
+            payload = asyncio.run(first_event(RunComfyBatchTrigger(**json.loads(json.dumps(kwargs)))))
+            call = lambda payload=payload: task.execute_complete(context, payload)  # noqa: E731
+    raise AssertionError("more deferrals than resubmits allow")
+
+
+def batch(bucket: str, items: list[dict[str, Any]], **kw: Any) -> Any:
+    from airflow_provider_nanobanana.operators.batch import NanoBananaBatchEditOperator
+
+    params: dict[str, Any] = {
+        "task_id": "batch",
+        "prompt": "unused",
+        "items": items,
+        "output_s3_uri": f"s3://{bucket}/out/",
+        "resolution": "0.5K",
+        "poll_interval": 0.05,
+        "poll_max_interval": 0.3,
+        "timeout": 120,
+    }
+    return NanoBananaBatchEditOperator(**{**params, **kw})
+
+
+def batch_manifest(moto_s3: Any, bucket: str) -> dict[str, dict[str, Any]]:
+    s3 = moto_s3.client()
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="out/")["Contents"]]
+    (key,) = [k for k in keys if k.endswith("_batch/manifest.json")]
+    document = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    return {item["id"]: item for item in document["items"]}
+
+
+def batch_context() -> dict[str, Any]:
+    return new_context(task_id="batch", run_id="manual__1", map_index=-1)
+
+
+def test_batch_a_bad_item_ends_failed_quality_and_fails_the_task_by_default(
+    emulator, moto_s3, input_image, s3_bucket
+):
+    from airflow_provider_nanobanana.exceptions import RunComfyJobFailedError
+
+    with pytest.raises(
+        RunComfyJobFailedError, match=r"1 of 3 items failed .*bad: .*output 0: a uniform blank"
+    ):
+        run_batch_through_deferrals(batch(s3_bucket, batch_items(input_image)), batch_context())
+    items = batch_manifest(moto_s3, s3_bucket)
+    assert {i: item["state"] for i, item in items.items()} == {
+        "good-1": "archived",
+        "bad": "failed_quality",
+        "good-2": "archived",
+    }
+    assert items["bad"]["archived"] == []
+    assert items["bad"]["quality"]["0"].startswith("a uniform blank")
+    assert emulator.counters()["submits"] == 3
+
+
+def test_batch_keep_archives_and_flags_only_the_bad_item(emulator, moto_s3, input_image, s3_bucket):
+    result = run_batch_through_deferrals(
+        batch(s3_bucket, batch_items(input_image), on_bad_output="keep"), batch_context()
+    )
+    assert result["counts"] == {"archived": 3}
+    items = batch_manifest(moto_s3, s3_bucket)
+    assert items["bad"]["quality"]["0"].startswith("a uniform blank")
+    assert len(items["bad"]["archived"]) == 1
+    assert items["good-1"]["quality"] == items["good-2"]["quality"] == {}
+
+
+def test_batch_resubmit_pays_once_more_for_the_bad_item_only(emulator, moto_s3, input_image, s3_bucket):
+    emulator.set_faults(bad_output="blank", bad_output_jobs=1)  # whichever job comes first is blank
+    result = run_batch_through_deferrals(
+        batch(s3_bucket, batch_items(input_image, bad=None), on_bad_output="resubmit"), batch_context()
+    )
+    assert result["counts"] == {"archived": 3}
+    assert emulator.counters()["submits"] == 4  # 3 items + exactly one resubmit
+    items = batch_manifest(moto_s3, s3_bucket)
+    assert all(item["quality"] == {} for item in items.values())
+
+
+def test_batch_resubmit_is_bounded(emulator, moto_s3, input_image, s3_bucket):
+    task = batch(s3_bucket, batch_items(input_image), on_bad_output="resubmit", max_failed_fraction=1.0)
+    result = run_batch_through_deferrals(task, batch_context())
+    assert result["counts"] == {"archived": 2, "failed_quality": 1}
+    assert emulator.counters()["submits"] == 4  # the bad item paid twice (max_resubmits=1), never three times
