@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks import report_triggerer
+from benchmarks import report_polls, report_triggerer
+from benchmarks.report_polls import polls_section, transport_section
 from benchmarks.run_table import table
 
 IN_PROCESS = "one event loop, in-process harness"
 SIMULATION = "simulation"
 
-TARGET_RSS_MB, TARGET_LAG_MS, TARGET_POLL_RATIO, TARGET_ARCHIVE_MB = 600.0, 100.0, 5.0, 100.0
+TARGET_RSS_MB, TARGET_LAG_MS, TARGET_ARCHIVE_MB = 600.0, 100.0, 100.0
 
 
 def _verdict(ok: bool | None) -> str:
@@ -60,35 +61,6 @@ def density_section(res: dict[str, Any], command: str) -> list[str]:
     ]
 
 
-def transport_section(res: dict[str, Any], command: str) -> list[str]:
-    cols = [
-        ("client", "client"),
-        ("concurrency", "concurrency"),
-        ("requests", "requests"),
-        ("req_per_s", "req/s"),
-        ("cpu_ms_per_req", "client CPU ms/req"),
-        ("emulator_cpu_pct", "emulator CPU %"),
-    ]
-    return [
-        "## Status-poll microbenchmark: httpx vs httpx-aiohttp vs aiohttp",
-        "",
-        f"`{command}`",
-        "",
-        "Closed loop, fixed concurrency, GET of one job's status on the emulator (own process).",
-        "",
-        table(res.get("rows", []), cols) if "rows" in res else f"error: {res.get('error')}",
-        "",
-        "Decision: the provider keeps httpx's default transport. `httpx-aiohttp` wins clearly on CPU, but "
-        "it maps every `aiohttp.ClientConnectionError` (including a server that disconnects after "
-        "reading the request) to `httpx.ConnectTimeout`, which the hook must treat as 'never sent'. "
-        "On a submit that would turn an ambiguous failure into a retry, i.e. a possible second paid "
-        "job. At the default poll budget (150 polls/s, ~3 ms each) the httpx transport uses under half "
-        "a core; the in-process density rows (section 1) stay within their targets at 10,000 jobs, and "
-        "section 6 shows what a real `airflow triggerer` does with the same N.",
-        "",
-    ]
-
-
 def workers_section(res: dict[str, Any], command: str) -> list[str]:
     cols = [
         ("variant", "variant"),
@@ -112,61 +84,6 @@ def workers_section(res: dict[str, Any], command: str) -> list[str]:
         "scaled. Not included: Airflow's per-task process start-up, which the deferrable task pays twice.",
         "",
         table(res.get("rows", []), cols) if "rows" in res else f"error: {res.get('error')}",
-        "",
-    ]
-
-
-def polls_section(res: dict[str, Any], command: str) -> list[str]:
-    sim, real = res["simulated"], res["real"]
-    fixed_mean = sim["rows"][0]["mean"]
-    rows = [{**r, "ratio": round(fixed_mean / r["mean"], 2), "ran_on": SIMULATION} for r in sim["rows"]]
-    cols = [
-        ("policy", "policy"),
-        ("ran_on", "ran on"),
-        ("mean", "status polls/job (mean)"),
-        ("p50", "p50"),
-        ("p95", "p95"),
-        ("ratio", "fixed 5 s / this"),
-    ]
-    real_rows = []
-    if "error" not in real:
-        real_rows = [
-            {
-                "what": f"adaptive (RunComfyJobTrigger), {IN_PROCESS}",
-                "status": real["adaptive_status_polls_per_job"],
-                "calls": real["adaptive_calls_per_job"],
-                "sim": real["sim_adaptive_polls_per_job"],
-            },
-            {
-                "what": f"fixed 5 s, {IN_PROCESS}",
-                "status": real["fixed_status_polls_per_job"],
-                "calls": real["fixed_calls_per_job"],
-                "sim": real["sim_fixed_polls_per_job"],
-            },
-        ]
-    real_cols = [
-        ("what", "run"),
-        ("status", "status polls/job"),
-        ("calls", "status+result/job"),
-        ("sim", "simulated status polls/job, same jobs"),
-    ]
-    return [
-        "## 3. Polls per job: adaptive backoff vs fixed 5 s",
-        "",
-        f"`{command}`",
-        "",
-        f"Simulation: {sim['jobs']:,} jobs, durations log-uniform 10 s - 10 min (seed {sim['seed']}, mean "
-        f"{sim['mean_duration_s']} s), last 10 s of each `in_progress`; the package's `PollPolicy.delay` with the "
-        "`JobWatch` step rule (first poll at submit, step reset when the job starts). What-if rows change only "
-        "the cap.",
-        "",
-        table(rows, cols),
-        "",
-        f"Real run: the first {real.get('jobs', '?')} jobs of the same list (sorted by duration, because the "
-        f"emulator starts queued jobs FIFO) on two emulators with `time_scale={res['time_scale']:g}`, one per "
-        f"policy, all intervals divided by {res['time_scale']:g}. errors: {real.get('errors', real.get('error'))}.",
-        "",
-        table(real_rows, real_cols) if real_rows else f"error: {real.get('error')}",
         "",
     ]
 
@@ -320,25 +237,7 @@ def targets_section(results: dict[str, Any]) -> list[str]:
             )
     pol = results.get("polls")
     if pol:
-        sim = pol["simulated"]["rows"]
-        ratio = sim[0]["mean"] / sim[1]["mean"]
-        rows.append(
-            {
-                "target": f"{SIMULATION}: >= {TARGET_POLL_RATIO:g}x fewer polls/job than fixed 5 s",
-                "measured": f"{ratio:.2f}x",
-                "verdict": _verdict(ratio >= TARGET_POLL_RATIO),
-            }
-        )
-        real = pol["real"]
-        if "error" not in real:
-            rr = real["fixed_status_polls_per_job"] / max(real["adaptive_status_polls_per_job"], 1e-9)
-            rows.append(
-                {
-                    "target": f"{IN_PROCESS}, accelerated clock: >= {TARGET_POLL_RATIO:g}x fewer polls/job",
-                    "measured": f"{rr:.2f}x",
-                    "verdict": _verdict(rr >= TARGET_POLL_RATIO),
-                }
-            )
+        rows += report_polls.target_rows(pol)
     arc = results.get("archive")
     if arc:
         streamed = [r for r in arc["rows"] if r["variant"].startswith("S3MediaHook") and "error" not in r]

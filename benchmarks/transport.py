@@ -1,4 +1,5 @@
-"""Status-poll microbenchmark: httpx default transport vs httpx-aiohttp's AiohttpTransport vs aiohttp.
+"""Status-poll microbenchmark: httpx default transport vs httpx-aiohttp's AiohttpTransport vs aiohttp,
+then the provider's whole poll (``RunComfyHook.aget_status``) through each of its two transports.
 
 Closed loop at a fixed concurrency against one job's status endpoint on the emulator (its own
 process; its CPU share is reported so a saturated emulator is visible). CPU ms per request is this
@@ -51,6 +52,8 @@ async def _variant(name: str, base: str, path: str, requests: int, concurrency: 
             c0 = cpu_s()
             wall = await _closed_loop(get, path, requests, concurrency)
             return wall, cpu_s() - c0
+    if name.startswith("RunComfyHook.aget_status"):
+        return await _hook_variant(name, base, path, requests, concurrency)
     if name == "httpx + AiohttpTransport":
         from httpx_aiohttp import AiohttpTransport
 
@@ -70,13 +73,41 @@ async def _variant(name: str, base: str, path: str, requests: int, concurrency: 
         return wall, cpu_s() - c0
 
 
+#: The provider's own poll, whole: budget-free hook call, retry wrapper, bounded body, model parsing.
+HOOK_VARIANTS = {
+    "RunComfyHook.aget_status via httpx's transport": "httpx",
+    "RunComfyHook.aget_status via httpx-aiohttp (package default)": "aiohttp",
+}
+
+
+async def _hook_variant(
+    name: str, base: str, path: str, requests: int, concurrency: int
+) -> tuple[float, float]:
+    import os
+
+    from airflow_provider_nanobanana.hooks.runcomfy import RunComfyHook
+
+    os.environ["AIRFLOW__NANOBANANA__POLL_TRANSPORT"] = HOOK_VARIANTS[name]
+    hook = RunComfyHook(token=EMULATOR_TOKEN, base_url=base)
+    rid = path.split("/")[3]
+
+    async def get(_p: str) -> int:
+        await hook.aget_status(rid)
+        return 200
+
+    await _closed_loop(get, path, 50, concurrency)
+    c0 = cpu_s()
+    wall = await _closed_loop(get, path, requests, concurrency)
+    return wall, cpu_s() - c0
+
+
 async def _measure(args: dict[str, Any]) -> dict[str, Any]:
     base, requests, concurrency = str(args["emulator_url"]), int(args["requests"]), int(args["concurrency"])
     rid = await asyncio.to_thread(_submit_raw, base, str(args["png_url"]))
     path = f"/v1/requests/{rid}/status"
     emulator = psutil.Process(int(args["emulator_pid"]))
     rows = []
-    for name in ("httpx (default transport)", "httpx + AiohttpTransport", "aiohttp"):
+    for name in ("httpx (default transport)", "httpx + AiohttpTransport", "aiohttp", *HOOK_VARIANTS):
         e0 = sum(emulator.cpu_times()[:2])
         wall, cpu = await _variant(name, base, path, requests, concurrency)
         emu = sum(emulator.cpu_times()[:2]) - e0
