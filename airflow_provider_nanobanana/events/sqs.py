@@ -6,13 +6,17 @@ SQS's JSON protocol is small (two calls are used here), botocore signs a request
 and httpx is already how this provider talks HTTP, so the triggerer's loop never waits on a socket.
 
 Credentials come from an Airflow AWS connection through the Amazon provider's own session factory
-(keys, profiles, role assumption, region, ``endpoint_url``), resolved in a worker thread because
-building a session may call STS; without the Amazon provider, boto3's default chain is used.
+(keys, profiles, role assumption, region, ``endpoint_url``), built off the event loop because a
+role assumption calls STS; without the Amazon provider, boto3's default chain is used. Off the loop
+means asgiref's ``sync_to_async``, as the Amazon provider does, never ``asyncio.to_thread``: reading
+a connection's extras masks them, which tells the triggerer's supervisor through its comms channel,
+and on Airflow 3.1 a send from a plain thread runs on a second event loop and corrupts that channel
+("Response read out of order"), which stops the whole triggerer. ``sync_to_async`` routes the send
+back to the triggerer's own loop.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from collections.abc import Sequence
@@ -21,6 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from asgiref.sync import sync_to_async
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
@@ -77,7 +82,7 @@ async def resolve_access(aws_conn_id: str | None, region_name: str | None, queue
             from airflow.sdk import BaseHook
 
             conn = await BaseHook.aget_connection(aws_conn_id)
-        return await asyncio.to_thread(_build_access, conn, fallback_region)
+        return await sync_to_async(_build_access)(conn, fallback_region)
     except SqsError:
         raise
     except Exception as exc:
@@ -173,8 +178,8 @@ class SqsQueue:
     async def _frozen_credentials(self) -> Any:
         credentials = self.access.credentials
         if getattr(credentials, "refresh_needed", lambda: False)():
-            # A refresh may call STS: never on the loop.
-            return await asyncio.to_thread(credentials.get_frozen_credentials)
+            # A refresh may call STS: never on the loop (and not in a bare thread: see the module doc).
+            return await sync_to_async(credentials.get_frozen_credentials)()
         return credentials.get_frozen_credentials()
 
 

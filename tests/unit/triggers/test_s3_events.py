@@ -224,3 +224,41 @@ async def test_a_burst_of_uploads_is_one_event_up_to_the_batch_cap(sleeps, resol
     assert limits[:3] == [3, 3, 2], "the burst stops at max_batch_messages"
     assert waits[:3] == [20, s3_events.BURST_WAIT_S, s3_events.BURST_WAIT_S]
     assert sleeps == [], "no pause between the receives of a burst"
+
+
+async def test_connection_extras_reach_the_triggerer_comms_on_the_triggerers_own_loop(monkeypatch) -> None:
+    """Reading a connection's extras masks them, which Airflow sends to the supervisor. In a
+    triggerer, ``send`` is ``async_to_sync(asend)``: from a bare thread that runs on a second loop
+    and, on Airflow 3.1.8, corrupted the comms channel and stopped the triggerer (seen in the e2e)."""
+    from airflow.sdk import BaseHook, Connection
+    from airflow.sdk.execution_time import task_runner
+    from asgiref.sync import async_to_sync
+
+    from airflow_provider_nanobanana.events import sqs
+
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    class TriggererComms:  # the shape of Airflow's TriggerCommsDecoder
+        def send(self, msg: Any) -> None:
+            return async_to_sync(self.asend)(msg)
+
+        async def asend(self, msg: Any) -> None:
+            loops.append(asyncio.get_running_loop())
+
+    conn = Connection(
+        conn_id="aws_x",
+        conn_type="aws",
+        login="AKIDEXAMPLE",
+        password=SECRET,
+        extra=json.dumps({"region_name": "eu-west-1", "endpoint_url": "http://127.0.0.1:9"}),
+    )
+
+    async def aget_connection(conn_id: str) -> Connection:
+        return conn
+
+    monkeypatch.setattr(BaseHook, "aget_connection", aget_connection)
+    monkeypatch.setattr(task_runner, "SUPERVISOR_COMMS", TriggererComms(), raising=False)
+    access = await sqs.resolve_access("aws_x", None, QUEUE)
+    assert (access.region, access.endpoint_url) == ("eu-west-1", "http://127.0.0.1:9")
+    assert loops, "the extras were masked through the comms channel"
+    assert set(loops) == {asyncio.get_running_loop()}
