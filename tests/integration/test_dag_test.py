@@ -63,11 +63,11 @@ def test_mapped_deferrable_edits_through_dag_test(airflow_db, emulator, moto_s3,
                 dag_id="nanobanana_dagtest", run_id=dagrun.run_id, task_id="edit", key="return_value"
             )
         ]
+        # Through the model's own reader: Airflow 3.4 keeps one row per attempt, keyed by the task
+        # instance attempt, instead of dag_id/task_id/run_id/map_index columns.
         rendered = {
-            row.map_index: row.rendered_fields["prompt"]
-            for row in session.query(RenderedTaskInstanceFields).filter_by(
-                dag_id="nanobanana_dagtest", task_id="edit"
-            )
+            ti.map_index: RenderedTaskInstanceFields.get_templated_fields(ti, session=session)["prompt"]
+            for ti in tis
         }
 
     assert len(values) == 3
