@@ -122,6 +122,15 @@ def archive_section(res: dict[str, Any], command: str) -> list[str]:
         "",
         table(rows, cols),
         "",
+        "What each side sends: ours, up to 8 MiB, a LIST (is it archived already?), the GET and one "
+        "`PutObject`, then the manifest `PutObject`; above 8 MiB a `ListMultipartUploads` (leftovers of "
+        "an interrupted run), `CreateMultipartUpload`, one `UploadPart` per 8 MiB and "
+        "`CompleteMultipartUpload` instead of the one `PutObject`. Naive: the GET and one `PutObject`, "
+        "holding the whole output in memory. moto handles every request in Python and re-assembles a "
+        "multipart object in memory, so on moto each extra request and each part costs more than on S3; "
+        "a speed ratio under 1 here is that cost, the price of idempotency, integrity checks and flat "
+        "memory on this emulated S3.",
+        "",
     ]
 
 
