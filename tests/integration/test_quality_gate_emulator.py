@@ -181,30 +181,36 @@ def test_a_bad_policy_is_refused_at_parse_time(field, value):
         NanoBananaEditOperator(task_id="t", prompt="p", image_urls=["https://x.test/a.png"], **{field: value})
 
 
-def run_deferred_through_resubmits(task: NanoBananaEditOperator, context: dict[str, Any]) -> dict[str, Any]:
+def run_deferred_through_resubmits(task: NanoBananaEditOperator, context: Any) -> dict[str, Any]:
     """Like ``run_deferred``, but a resubmit defers again: follow each deferral, passing its kwargs on."""
+    from airflow_provider_nanobanana.triggers.runcomfy import RunComfyJobTrigger
+
+    return follow_deferrals(task, context, RunComfyJobTrigger)
+
+
+def follow_deferrals(task: Any, context: Any, trigger_class: Any) -> dict[str, Any]:
+    """execute, then each trigger (rebuilt from its kwargs, as a triggerer would) on an event loop and
+    the method it resumes, with the deferral's kwargs, as often as the task defers again."""
     import asyncio
 
     from airflow_provider_nanobanana._compat import TaskDeferred
-    from airflow_provider_nanobanana.triggers.runcomfy import RunComfyJobTrigger
 
-    call = lambda: task.execute(context)  # noqa: E731
+    async def first_event(trigger: Any) -> dict[str, Any]:
+        async for event in trigger.run():
+            return dict(event.payload)
+        raise AssertionError("the trigger ended without an event")
+
+    method: Any = task.execute
+    args: tuple[Any, ...] = (context,)
+    extra: dict[str, Any] = {}
     for _ in range(5):
         try:
-            return call()
+            return dict(method(*args, **extra))
         except TaskDeferred as deferred:
             _path, kwargs = deferred.trigger.serialize()
-            trigger = RunComfyJobTrigger(**json.loads(json.dumps(kwargs)))
-
-            async def first_event(trigger: RunComfyJobTrigger = trigger) -> dict[str, Any]:
-                async for event in trigger.run():
-                    return dict(event.payload)
-                raise AssertionError("the trigger ended without an event")
-
-            payload = asyncio.run(first_event())
-            method = getattr(task, deferred.method_name)
+            payload = asyncio.run(first_event(trigger_class(**json.loads(json.dumps(kwargs)))))
+            method, args = getattr(task, deferred.method_name), (context, payload)
             extra = dict(deferred.kwargs or {})
-            call = lambda method=method, payload=payload, extra=extra: method(context, payload, **extra)  # noqa: E731
     raise AssertionError("more deferrals than resubmits allow")
 
 
@@ -220,27 +226,11 @@ def batch_items(input_uri: str, bad: str | None = "blank") -> list[dict[str, Any
     ]
 
 
-def run_batch_through_deferrals(task: Any, context: dict[str, Any]) -> dict[str, Any]:
-    """execute, then each trigger on an event loop and execute_complete, as often as the task defers."""
-    import asyncio
-
-    from airflow_provider_nanobanana._compat import TaskDeferred
+def run_batch_through_deferrals(task: Any, context: Any) -> dict[str, Any]:
+    """execute, then each batch trigger and execute_complete, as often as the task defers."""
     from airflow_provider_nanobanana.triggers.batch import RunComfyBatchTrigger
 
-    async def first_event(trigger: Any) -> dict[str, Any]:
-        async for event in trigger.run():
-            return dict(event.payload)
-        raise AssertionError("no event")
-
-    call = lambda: task.execute(context)  # noqa: E731
-    for _ in range(5):
-        try:
-            return call()
-        except TaskDeferred as deferred:
-            _path, kwargs = deferred.trigger.serialize()
-            payload = asyncio.run(first_event(RunComfyBatchTrigger(**json.loads(json.dumps(kwargs)))))
-            call = lambda payload=payload: task.execute_complete(context, payload)  # noqa: E731
-    raise AssertionError("more deferrals than resubmits allow")
+    return follow_deferrals(task, context, RunComfyBatchTrigger)
 
 
 def batch(bucket: str, items: list[dict[str, Any]], **kw: Any) -> Any:
