@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import urllib.request
 import weakref
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -84,7 +84,33 @@ def shared_async_client(settings: RunComfySettings, *, method: str = "POST") -> 
         client = clients[key] = httpx.AsyncClient(
             limits=limits, transport=transport, **settings.client_kwargs()
         )
+        _close_at_loop_shutdown(loop, client)
     return client
+
+
+#: Per loop, the generators that close its clients (the loop itself holds them only weakly).
+_CLOSERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[AsyncIterator[None]]]
+_CLOSERS = weakref.WeakKeyDictionary()
+
+
+def _close_at_loop_shutdown(loop: asyncio.AbstractEventLoop, client: httpx.AsyncClient) -> None:
+    """Close ``client`` when its loop shuts down (``asyncio.run`` and the triggerer call
+    ``shutdown_asyncgens``, which closes every started async generator): an aiohttp session left
+    open logs "Unclosed client session" errors at exit, and sockets would stay open until then."""
+
+    async def closer() -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await client.aclose()
+
+    gen = closer()
+    _CLOSERS.setdefault(loop, []).append(gen)
+    loop.create_task(_start(gen))
+
+
+async def _start(gen: AsyncIterator[None]) -> None:
+    await gen.__anext__()
 
 
 def _wants_proxy(settings: RunComfySettings) -> bool:
