@@ -6,6 +6,7 @@
 ``job``            plan an archive call before any I/O; what an earlier run left behind
 ``archiver``       stream outputs from the file host into S3, write the manifest
 ``multipart``      bounded-memory upload: one ``PutObject`` or a multipart upload
+``quality``        the output quality gate: decodes each output as it streams (``on_bad_output``)
 ``retry``          which failures are transient; the tenacity policy
 ``errors``         the exceptions raised to users
 ``results``        ``ArchiveResult``, ``ArchivedOutput``, ``MissingOutput``
