@@ -149,3 +149,16 @@ def test_the_aiohttp_client_verifies_tls_as_the_connection_says(verify: bool, mo
         return transport.ssl_context
 
     assert asyncio.run(context()).verify_mode is mode
+
+
+def test_the_loops_clients_are_closed_when_the_loop_shuts_down() -> None:
+    """An aiohttp session left open logs 'Unclosed client session' errors at exit."""
+
+    async def use() -> tuple[httpx.AsyncClient, httpx.AsyncClient]:
+        get, post = shared_async_client(SETTINGS, method="GET"), shared_async_client(SETTINGS)
+        await asyncio.sleep(0)  # the closers start
+        return get, post
+
+    get, post = asyncio.run(use())
+    assert get.is_closed
+    assert post.is_closed
