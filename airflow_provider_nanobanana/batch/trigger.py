@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
+from asgiref.sync import sync_to_async
 
 from airflow_provider_nanobanana.batch.checkpoint import BatchCheckpoint
 from airflow_provider_nanobanana.batch.run import BatchRun
@@ -26,6 +27,7 @@ from airflow_provider_nanobanana.hooks.runcomfy import RunComfyHook
 from airflow_provider_nanobanana.models import DEFAULT_MODEL_ID
 from airflow_provider_nanobanana.polling import hold_until
 from airflow_provider_nanobanana.spend.budget import BudgetLimits, batch_ledger
+from airflow_provider_nanobanana.triggers.moves import task_still_deferred
 from airflow_provider_nanobanana.triggers.versioning import check_kwargs_version
 
 #: Version of the serialized kwargs. 1 (0.1.0, no ``kwargs_version`` key) had no release hold.
@@ -113,7 +115,9 @@ class RunComfyBatchTrigger(BaseTrigger):
         return S3MediaHook(self.aws_conn_id, presign_expiry_s=self.presign_expiry_s)
 
     async def _checkpoint(self, media: Any) -> BatchCheckpoint:
-        client = await asyncio.to_thread(media.get_client)
+        # Not asyncio.to_thread: building the client may read an Airflow connection, which talks to
+        # the triggerer's supervisor; on Airflow 3.1 that from a bare thread corrupts the channel.
+        client = await sync_to_async(media.get_client)()
         return BatchCheckpoint(client, self.checkpoint_bucket, self.checkpoint_prefix)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
@@ -143,8 +147,12 @@ class RunComfyBatchTrigger(BaseTrigger):
         """Airflow >= 3.3, on mark-failed/clear of the deferred batch: cancel its still-queued jobs.
 
         Running jobs cannot be cancelled at RunComfy and finish regardless. Best effort and bounded:
-        each cancel is one short call, failures are logged, never raised.
+        each cancel is one short call, failures are logged, never raised. A trigger that merely moved
+        to another triggerer (its task still deferred) cancels nothing: see :mod:`...triggers.moves`.
         """
+        if await task_still_deferred(self):
+            self.log.info("Batch trigger moved to another triggerer; its jobs are not cancelled")
+            return
         try:
             checkpoint = await self._checkpoint(self._media())
             state = await asyncio.to_thread(checkpoint.load)

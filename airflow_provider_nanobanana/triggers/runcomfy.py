@@ -22,6 +22,7 @@ from airflow_provider_nanobanana.polling import (
     shared_poll_budget,
     shared_queue_drain,
 )
+from airflow_provider_nanobanana.triggers.moves import task_still_deferred
 from airflow_provider_nanobanana.triggers.versioning import check_kwargs_version
 
 #: Version of the serialized kwargs. 1 (0.1.0, no ``kwargs_version`` key) had no release hold.
@@ -124,7 +125,15 @@ class RunComfyJobTrigger(BaseTrigger):
         """Airflow >= 3.3 calls this when a user marks or clears the deferred task (not on restarts).
 
         RunComfy can only cancel queued jobs; a running one will finish (and be billed) regardless,
-        so this is one best-effort call whose failure is logged, never raised.
+        so this is one best-effort call whose failure is logged, never raised. Airflow also calls it
+        when the trigger merely moves to another triggerer; then the task is still deferred and the
+        job is left alone (see :mod:`.moves`).
         """
-        if self.cancel_on_kill:
-            await self._hook().acancel_if_queued(self.request_id)
+        if not self.cancel_on_kill:
+            return
+        if await task_still_deferred(self):
+            self.log.info(
+                "Trigger for %s moved to another triggerer; its job is not cancelled", self.request_id
+            )
+            return
+        await self._hook().acancel_if_queued(self.request_id)
