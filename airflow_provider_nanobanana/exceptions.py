@@ -73,5 +73,9 @@ class RunComfyJobTimeoutError(RunComfyJobFailedError):
     """The job did not finish within the task's ``timeout``."""
 
 
+class BudgetExceededError(RunComfyError):
+    """The spend budget or the account balance does not cover the work; nothing was submitted for it."""
+
+
 class ArchiveError(RunComfyError):
     """Outputs of a completed job could not all be archived; the message lists the missing ones."""

@@ -23,6 +23,7 @@ exception                                   decision
 ``RunComfyJobTimeoutError``                 the task's ``retries`` (a retry re-attaches)
 ``RunComfyJobCancelledError``               fail: someone cancelled the job
 ``RunComfyJobFailedError`` (model refused)  fail, or retry with ``retry_refused_jobs=True``
+``BudgetExceededError``                     fail: a retry meets the same budget or balance
 anything else                               the task's ``retries``
 =========================================  =====================================================
 
@@ -42,6 +43,7 @@ import httpx
 
 from airflow_provider_nanobanana._compat import HAS_RETRY_POLICY, RetryPolicy
 from airflow_provider_nanobanana.exceptions import (
+    BudgetExceededError,
     InvalidEditRequestError,
     RunComfyAuthError,
     RunComfyBadRequestError,
@@ -121,6 +123,8 @@ class RunComfyRetryPolicy(RetryPolicy):
         """The decision for ``exception``; the first matching row of the module table wins."""
         rid = getattr(exception, "request_id", None)
         about = f" (request {rid})" if rid else ""
+        if isinstance(exception, BudgetExceededError):
+            return _fail("the spend budget or the account balance does not cover this work")
         if isinstance(exception, RunComfySubmitUnknownError):
             return _fail("the submit may have created a billed job; another try could pay twice")
         if isinstance(exception, (InvalidEditRequestError, RunComfyBadRequestError)):

@@ -36,7 +36,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from airflow_provider_nanobanana.batch.checkpoint import BatchCheckpoint, is_conflict, put_json
-from airflow_provider_nanobanana.exceptions import RunComfyError
+from airflow_provider_nanobanana.exceptions import BudgetExceededError, RunComfyError
 
 #: Conditional writes retried when other writers keep winning (each retry re-reads the ledger).
 MAX_WRITE_ATTEMPTS = 50
@@ -63,10 +63,6 @@ class OnBudgetExhausted(str, Enum):
         except ValueError:
             allowed = ", ".join(repr(m.value) for m in cls)
             raise ValueError(f"on_budget_exhausted must be one of {allowed}, got {value!r}") from None
-
-
-class BudgetExceededError(RunComfyError):
-    """The pre-flight check refused the work: it would cost more than the budget or the balance."""
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from airflow_provider_nanobanana import retry_policy as rp
 from airflow_provider_nanobanana._compat import HAS_RETRY_POLICY
 from airflow_provider_nanobanana.exceptions import (
     ArchiveError,
+    BudgetExceededError,
     InvalidEditRequestError,
     RunComfyAPIError,
     RunComfyAuthError,
@@ -46,6 +47,7 @@ CASES = [
     pytest.param(RunComfyJobFailedError("refused", request_id="r1"), FAIL, id="job-refused"),
     pytest.param(RunComfyAPIError("HTTP 409", status_code=409), DEFAULT, id="other-api-error"),
     pytest.param(ArchiveError("2 outputs missing"), DEFAULT, id="archive"),
+    pytest.param(BudgetExceededError("projected $4.00 > max_spend_usd $1.00"), FAIL, id="budget"),
     pytest.param(RunComfyError("trigger error event"), DEFAULT, id="generic"),
     pytest.param(RuntimeError("bug"), DEFAULT, id="unknown"),
 ]
