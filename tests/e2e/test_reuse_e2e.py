@@ -29,7 +29,12 @@ DAG_ID = "nanobanana_reuse"
 BUCKET = "nanobanana-reuse"
 DAGS_FOLDER = Path(__file__).resolve().parent.parent / "dags"
 EMULATOR_ARGS = ["--queue-s", "0.5", "--run-s", "1"]
-AIRFLOW_ENV = {"AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER)}
+#: Every single edit defers (no wait on the worker), so its archive runs in a new worker process and
+#: must find the fingerprint ``execute`` computed through XCom, as in a deployment with slow jobs.
+AIRFLOW_ENV = {
+    "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
+    "AIRFLOW__NANOBANANA__WAIT_BEFORE_DEFER_S": "0",
+}
 
 
 @pytest.fixture
