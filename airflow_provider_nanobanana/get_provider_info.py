@@ -44,7 +44,11 @@ def get_provider_info() -> dict[str, Any]:
         "triggers": [
             {
                 "integration-name": "RunComfy",
-                "python-modules": [f"{PACKAGE}.triggers.runcomfy", f"{PACKAGE}.batch.trigger"],
+                "python-modules": [
+                    f"{PACKAGE}.triggers.runcomfy",
+                    f"{PACKAGE}.batch.trigger",
+                    f"{PACKAGE}.triggers.s3_events",
+                ],
             }
         ],
         # The page the "RunComfy request" link opens, served by the API server (request_page.py).
@@ -168,6 +172,12 @@ def get_provider_info() -> dict[str, Any]:
                         "label": "Extra output hosts",
                         "description": "Comma-separated hosts (or *.suffix) outputs may be downloaded from, "
                         "besides the API host and *.runcomfy.net / *.runcomfy.com.",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                    "balance_url": {
+                        "label": "Balance API base URL",
+                        "description": "Where GET /balance answers with balance_usd (RunComfy's core API, not "
+                        "the Model API). Empty: budget pre-flights skip the balance check.",
                         "schema": {"type": ["string", "null"]},
                     },
                 },

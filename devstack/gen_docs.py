@@ -26,10 +26,16 @@ from airflow_provider_nanobanana.hooks.runcomfy import RunComfySettings
 from airflow_provider_nanobanana.models import EditRequest
 from airflow_provider_nanobanana.operators.batch import NanoBananaBatchEditOperator
 from airflow_provider_nanobanana.operators.nano_banana import NanoBananaEditOperator
+from airflow_provider_nanobanana.report.fleet import NanoBananaContactSheetOperator
 from airflow_provider_nanobanana.sensors.runcomfy import RunComfyJobSensor
 
 OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
-OPERATORS: tuple[type, ...] = (NanoBananaEditOperator, NanoBananaBatchEditOperator, RunComfyJobSensor)
+OPERATORS: tuple[type, ...] = (
+    NanoBananaEditOperator,
+    NanoBananaBatchEditOperator,
+    RunComfyJobSensor,
+    NanoBananaContactSheetOperator,
+)
 #: Settings that are not connection extras, and the connection field they come from instead.
 SETTING_SOURCES = {"token": "password", "base_url": "host"}
 
