@@ -93,7 +93,8 @@ def test_queue_aware_triggers_poll_deep_queued_jobs_less_and_learn_the_queue(mon
         aware_polls = aware_emu.counters()["status_polls"]
         blind_polls = blind_emu.counters()["status_polls"]
 
-    assert aware_polls < blind_polls, (aware_polls, blind_polls)
+    # The same jobs cost about 15 status GETs each with the model, 23 without (jitter aside).
+    assert aware_polls < 0.8 * blind_polls, (aware_polls, blind_polls)
     # What it learnt from the emulator's queue positions: ~20 positions per real second, runs of
     # 20-30 emulated seconds (0.2-0.3 s real).
     rate = drain.rate_per_s(time.time())
