@@ -289,6 +289,7 @@ class NanoBananaBatchEditOperator(NanoBananaBaseOperator):
                     inputs=item.image_urls,
                     fingerprint=item.fingerprint,
                     quality=gate,
+                    cost_usd=item.cost_usd,
                 )
                 remember(self.media, self.output_s3_uri, item.fingerprint, result)
             except BadOutputError as exc:

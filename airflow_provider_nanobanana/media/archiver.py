@@ -120,6 +120,7 @@ class OutputArchiver:
             finished_at=finished_at,
             duration_s=duration_s,
             fingerprint=job.fingerprint,
+            cost_usd=job.cost_usd,
         )
         if quality is not None:
             manifest.update(quality.manifest_fields())

@@ -153,6 +153,7 @@ class S3MediaHook:
         overwrite: bool = False,
         quality: QualityGate | None = None,
         fingerprint: str | None = None,
+        cost_usd: float | None = None,
     ) -> ArchiveResult:
         """Copy every output of ``request_id`` into ``dest_uri`` and write a manifest beside them.
 
@@ -173,6 +174,7 @@ class S3MediaHook:
         :param quality: The output quality gate (``media/quality.py``): each output is inspected as it
             streams, and rejected (not stored) or flagged in the manifest per its policy. ``None``: no check.
         :param fingerprint: The edit's content fingerprint (``spend/fingerprint.py``), for the manifest.
+        :param cost_usd: What RunComfy reported the job cost, for the manifest (``cost_usd``).
         :raises OutputURLRefusedError: an output URL is not allowed; nothing was fetched.
         :raises OutputsNotArchivedError: some outputs failed after retries; the rest are archived.
         :raises ArchiveError: all images are archived but the manifest could not be written.
@@ -193,6 +195,7 @@ class S3MediaHook:
             overwrite=overwrite,
             allowed_output_hosts=self.allowed_output_hosts,
             fingerprint=fingerprint,
+            cost_usd=cost_usd,
         )
         return self.archiver.archive(job, quality)
 

@@ -55,6 +55,8 @@ class ArchiveJob:
     overwrite: bool
     #: The edit's content fingerprint (``spend/fingerprint.py``), recorded in the manifest when known.
     fingerprint: str | None = None
+    #: What RunComfy reported the job cost (USD, ``result?include_cost=true``), when it did.
+    cost_usd: float | None = None
 
     @classmethod
     def plan(
@@ -75,6 +77,7 @@ class ArchiveJob:
         overwrite: bool,
         allowed_output_hosts: Sequence[str],
         fingerprint: str | None = None,
+        cost_usd: float | None = None,
     ) -> ArchiveJob:
         """Validate everything that needs no network, and refuse disallowed URLs before any fetch."""
         try:
@@ -128,6 +131,7 @@ class ArchiveJob:
             parameters=dict(parameters or {}),
             overwrite=overwrite,
             fingerprint=fingerprint,
+            cost_usd=cost_usd,
         )
         job.candidate_keys(0)  # renders once, so a bad template or missing field fails before any I/O
         return job

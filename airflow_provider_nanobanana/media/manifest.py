@@ -66,6 +66,7 @@ def build_manifest(
     duration_s: float,
     fingerprint: str | None = None,
     reused_from: Mapping[str, Any] | None = None,
+    cost_usd: float | None = None,
 ) -> dict[str, Any]:
     """The manifest document, written as ``{request_id}.manifest.json`` once every output is archived.
 
@@ -83,6 +84,8 @@ def build_manifest(
         extra["fingerprint"] = fingerprint
     if reused_from is not None:
         extra["reused_from"] = dict(reused_from)
+    if cost_usd is not None:
+        extra["cost_usd"] = cost_usd  # as RunComfy reported it (``result?include_cost=true``)
     return {
         "manifest_version": MANIFEST_VERSION,
         "request_id": request_id,

@@ -178,6 +178,7 @@ class NanoBananaBaseOperator(BaseOperator):
         key_template: str | None = None,
         quality: QualityGate | None = None,
         fingerprint: str | None = None,
+        cost_usd: float | None = None,
     ) -> ArchiveResult:
         """Archive one completed request's outputs, with the manifest both operators write.
 
@@ -200,6 +201,7 @@ class NanoBananaBaseOperator(BaseOperator):
                 parameters={**parameters, "prompt": prompt},
                 quality=quality,
                 fingerprint=fingerprint,
+                cost_usd=cost_usd,
             )
 
         if quality is None:

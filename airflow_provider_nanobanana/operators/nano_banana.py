@@ -305,7 +305,7 @@ class NanoBananaEditOperator(NanoBananaBaseOperator):
             images = result.images  # the gate judges an empty or short list itself
             gate = self.quality_gate(paid_requests)
             try:
-                archived = self._archive(context, request_id, images, self.output_s3_uri, gate)
+                archived = self._archive(context, request_id, images, self.output_s3_uri, gate, cost_usd)
             except BadOutputError as exc:
                 return self._resubmit(context, exc, paid_requests)
             archived.update(quality=gate.flagged, paid_requests=paid_requests)
@@ -331,7 +331,13 @@ class NanoBananaEditOperator(NanoBananaBaseOperator):
         }
 
     def _archive(
-        self, context: Context, request_id: str, images: list[str], dest_uri: str, gate: QualityGate
+        self,
+        context: Context,
+        request_id: str,
+        images: list[str],
+        dest_uri: str,
+        gate: QualityGate,
+        cost_usd: float | None = None,
     ) -> dict[str, Any]:
         edit = self._fingerprint(context)
         result = self.archive_edit(
@@ -344,6 +350,7 @@ class NanoBananaEditOperator(NanoBananaBaseOperator):
             key_template=self.s3_key_template,
             quality=gate,
             fingerprint=edit,
+            cost_usd=cost_usd,
         )
         remember(self.media, dest_uri, edit, result)
         return {"archived": result.s3_uris, "manifest": result.manifest_uri, "reused": False}

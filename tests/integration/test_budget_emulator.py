@@ -81,6 +81,9 @@ def test_a_batch_of_50_pays_for_exactly_20_across_a_triggerer_restart_and_a_task
     assert len(skipped) == 30
     assert all(i["request_id"] is None for i in skipped)
     assert all(i["cost_usd"] == pytest.approx(0.06) for i in manifest["items"] if i["state"] == "archived")
+    # ... and so does each request's own manifest beside its outputs
+    first = next(i for i in manifest["items"] if i["state"] == "archived")
+    assert read_manifest(moto_s3, s3_bucket, first["manifest"])["cost_usd"] == pytest.approx(0.06)
 
 
 def test_two_copies_of_the_trigger_share_one_budget(emulator, moto_s3, s3_bucket):
@@ -219,6 +222,20 @@ def test_a_mapped_fleet_shares_one_budget_per_dag_run(emulator, moto_s3, s3_buck
     task, context = fleet_member(s3_bucket, 3, run_id="manual__other")
     assert task.execute(context)["status"] == "completed"
     assert emulator.counters()["jobs_created"] == 4
+
+
+def read_manifest(moto_s3, bucket, uri):
+    key = uri.split("/", 3)[3]
+    return json.loads(moto_s3.client().get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def test_a_single_edit_records_the_reported_cost_in_xcom_and_manifest(emulator, moto_s3, s3_bucket):
+    seed_inputs(moto_s3, s3_bucket, 1)
+    emulator.configure(queue_s=0.0, run_s=0.05)
+    task, context = fleet_member(s3_bucket, 0)
+    result = task.execute(context)
+    assert result["cost_usd"] == pytest.approx(0.08)  # the emulator's price at 1K
+    assert read_manifest(moto_s3, s3_bucket, result["manifest"])["cost_usd"] == pytest.approx(0.08)
 
 
 def test_a_retry_that_reattaches_reserves_nothing(emulator, moto_s3, s3_bucket):
