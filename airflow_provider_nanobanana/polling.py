@@ -184,6 +184,12 @@ class JobWatch:
         return max(0.0, min(delay, self.remaining_s(now)))
 
     def _planned_delay(self, now: float) -> float | None:
+        planned = self._predicted_delay(now)
+        # One job that hung for an hour must not make every later job sleep an hour: no plan, near
+        # the head, running or far back, sleeps longer than the model's cap (``poll_queue_max_s``).
+        return None if planned is None or self.drain is None else min(planned, self.drain.max_wait_s)
+
+    def _predicted_delay(self, now: float) -> float | None:
         drain = self.drain
         if drain is None:
             return None
@@ -268,7 +274,8 @@ class JobWatch:
                 self._started = ((since + now) / 2, (now - since) / 2)
             self._running_seen_s = now
             return
-        if drain is None or state not in (JobState.COMPLETED, JobState.FAILED):
+        # Only completed runs teach the run time: a failed job may have ended at once or hung.
+        if drain is None or state is not JobState.COMPLETED:
             return
         if self._started is not None and self._running_seen_s is not None:
             start, start_err = self._started

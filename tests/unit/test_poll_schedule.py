@@ -149,6 +149,30 @@ def test_a_running_job_is_looked_at_when_it_should_be_nearly_done_then_by_backof
     assert watch.next_delay(1019.0) == POLICY.delay(watch.step)
 
 
+def test_a_learnt_hour_long_run_never_plans_a_sleep_past_the_cap():
+    """One job that ran an hour must not make a running job or one next in line sleep an hour."""
+    drain = trained(rate=2.0, run_s=3600.0)
+    drain.max_wait_s = 300.0
+    running = watch_for(drain)
+    running.on_status(status("in_queue", 1), 1000.0)
+    running.on_status(status("in_progress"), 1002.0)
+    assert running.next_delay(1002.0) == 300.0
+    next_in_line = watch_for(drain)
+    next_in_line.on_status(status("in_queue", 2), 1000.0)
+    assert next_in_line.next_delay(1000.0) == 300.0
+
+
+def test_a_failed_run_teaches_no_run_time():
+    """A failed job may have been refused at once or hung: neither says how long edits run."""
+    drain = QueueDrain()
+    watch = watch_for(drain)
+    watch.on_status(status("in_queue", 1), 100.0)
+    watch.on_status(status("in_progress"), 102.0)
+    watch.on_status(status("in_progress"), 110.0)
+    watch.on_status(status("failed"), 112.0)
+    assert drain.run_s is None
+
+
 def test_without_a_drain_or_a_rate_it_is_todays_backoff():
     blind = watch_for(None)
     blind.on_status(status("in_queue", 500), 1000.0)
