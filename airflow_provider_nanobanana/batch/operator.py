@@ -291,7 +291,8 @@ class NanoBananaBatchEditOperator(NanoBananaBaseOperator):
                     quality=gate,
                     cost_usd=item.cost_usd,
                 )
-                remember(self.media, self.output_s3_uri, item.fingerprint, result)
+                if not gate.flagged:  # a flagged output kept under "keep" must never be reused as clean
+                    remember(self.media, self.output_s3_uri, item.fingerprint, result)
             except BadOutputError as exc:
                 self._bad_item(item, exc)
                 return None  # not lost: failed_quality, or pending to be paid for again
@@ -304,10 +305,19 @@ class NanoBananaBatchEditOperator(NanoBananaBaseOperator):
 
         with ThreadPoolExecutor(max_workers=self.archive_concurrency) as pool:
             missing = [m for m in pool.map(archive, todo) if m]
+        saved = checkpoint.save(state)  # the archived items are recorded before any spend bookkeeping
         ledger = batch_ledger(checkpoint, self.budget)
         if ledger is not None and todo:  # reported costs replace the list-price estimates (one PUT)
-            ledger.settle({reservation_key(i.id, i.claims): i.cost_usd for i in todo})
-        return checkpoint.save(state), missing
+            try:
+                ledger.settle({reservation_key(i.id, i.claims): i.cost_usd for i in todo})
+            except Exception as exc:  # noqa: BLE001 - the ledger keeps the estimates: errs on the safe side
+                self.log.warning(
+                    "Could not record the reported costs in the spend ledger (%s: %s); it keeps the "
+                    "list-price estimates",
+                    type(exc).__name__,
+                    exc,
+                )
+        return saved, missing
 
     def _bad_item(self, item: BatchItem, bad: BadOutputError) -> None:
         """An item whose outputs the quality gate rejected: pending again (``resubmit``) or ``failed_quality``."""

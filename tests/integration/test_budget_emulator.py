@@ -318,3 +318,26 @@ def test_a_task_retry_finds_the_posts_an_earlier_try_sent_and_neither_pays_nor_c
     assert emulator.counters()["jobs_created"] == 6
     assert result["counts"] == {"archived": 6}
     assert ledger_of(moto_s3, s3_bucket, result).snapshot().paid_requests() == 6
+
+
+def test_a_ledger_that_cannot_settle_never_fails_the_archived_batch(
+    emulator, moto_s3, s3_bucket, monkeypatch
+):
+    """Recording reported costs is bookkeeping: an S3 error there must not fail a task whose outputs
+    are archived, nor keep the checkpoint from recording them as archived."""
+    seed_inputs(moto_s3, s3_bucket, 4)
+    emulator.configure(queue_s=0.05, run_s=0.05)
+
+    def broken_settle(self, costs):
+        raise RunComfyError("S3 refused the ledger write")
+
+    monkeypatch.setattr(SpendLedger, "settle", broken_settle)
+    task, context = batch_operator(s3_bucket, max_paid_requests=10), batch_context()
+    with pytest.raises(TaskDeferred) as deferred:
+        task.execute(context)
+    result = task.execute_complete(context, asyncio.run(first_event(rebuilt(deferred.value.trigger))))
+    assert result["counts"] == {"archived": 4}
+    checkpoint_key = result["checkpoint"].split("/", 3)[3]
+    state = BatchCheckpoint(moto_s3.client(), s3_bucket, checkpoint_key.removesuffix("/_batch/state.json"))
+    assert {item.state for item in state.load().items} == {ItemState.ARCHIVED}
+    assert emulator.counters()["jobs_created"] == 4

@@ -308,3 +308,18 @@ def test_batch_resubmit_is_bounded(emulator, moto_s3, input_image, s3_bucket):
     result = run_batch_through_deferrals(task, batch_context())
     assert result["counts"] == {"archived": 2, "failed_quality": 1}
     assert emulator.counters()["submits"] == 4  # the bad item paid twice (max_resubmits=1), never three times
+
+
+def test_batch_keep_never_indexes_a_flagged_output_for_reuse(emulator, moto_s3, input_image, s3_bucket):
+    """A blank kept under ``keep`` is archived and flagged; a later ``reuse_outputs`` run must pay for
+    that edit again instead of copying the blank as if it were clean (the good items are reused)."""
+    task = batch(s3_bucket, batch_items(input_image), on_bad_output="keep", reuse_outputs=True)
+    first = run_batch_through_deferrals(task, batch_context())
+    assert first["counts"] == {"archived": 3}
+    assert emulator.counters()["submits"] == 3
+    again = batch(s3_bucket, batch_items(input_image), on_bad_output="keep", reuse_outputs=True)
+    second = run_batch_through_deferrals(
+        again, new_context(task_id="batch", run_id="manual__2", map_index=-1)
+    )
+    assert second["reused"] == 2  # the two clean items
+    assert emulator.counters()["submits"] == 4  # the flagged one was paid for again, not laundered
