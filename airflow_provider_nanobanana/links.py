@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 #: XCom key under which the operator stores the request's status URL right after submitting.
 REQUEST_URL_XCOM_KEY = "runcomfy_request_url"
 REQUEST_ID_XCOM_KEY = "runcomfy_request_id"
+#: XCom key of the connection id the task submitted with: the request page reads the status with
+#: this connection, never with one named in the URL (a viewer could name any connection there).
+REQUEST_CONN_ID_XCOM_KEY = "runcomfy_conn_id"
 
 #: Where the provider's plugin is mounted in the API server.
 PAGE_PREFIX = "/nanobanana"
@@ -38,7 +41,6 @@ def request_page_path(
     run_id: str,
     task_id: str,
     map_index: int,
-    conn_id: str,
     model_id: str = DEFAULT_MODEL_ID,
 ) -> str:
     """The page's path and query for one task instance's request (no host: the UI's own origin)."""
@@ -48,7 +50,6 @@ def request_page_path(
             "run_id": run_id,
             "task_id": task_id,
             "map_index": map_index,
-            "conn_id": conn_id,
             "model_id": model_id,
         }
     )
@@ -87,7 +88,6 @@ class RunComfyRequestLink(BaseOperatorLink):
             run_id=ti_key.run_id,
             task_id=ti_key.task_id,
             map_index=map_index if isinstance(map_index, int) else -1,
-            conn_id=str(getattr(operator, "runcomfy_conn_id", "") or "runcomfy_default"),
             model_id=str(getattr(operator, "model_id", "") or DEFAULT_MODEL_ID),
         )
         return _api_base_url() + path

@@ -2,13 +2,15 @@
 
 An Airflow plugin (registered through the provider's ``plugins`` entry) mounts a small FastAPI app
 at ``/nanobanana`` in the API server. ``GET /nanobanana/requests/<id>?dag_id=&run_id=&task_id=
-&map_index=&conn_id=&model_id=`` (the URL :mod:`~airflow_provider_nanobanana.links` builds):
+&map_index=&model_id=`` (the URL :mod:`~airflow_provider_nanobanana.links` builds):
 
 1. checks the viewer against Airflow's own auth (the UI's session cookie or a Bearer token) for
    read access to the DAG's task instances; anyone else gets 401/403;
 2. checks that this task instance really recorded this request id (XCom), so the page cannot be
    used to look up arbitrary requests with a deployment's token;
-3. reads the status on the server with the ``runcomfy`` connection (the token stays there) and
+3. reads the status on the server with the connection the task recorded beside the request id
+   (never one named in the URL: a viewer could name any connection, e.g. ``aws_default``, and its
+   password would go to RunComfy), refusing any connection whose type is not ``runcomfy``, and
    renders a tiny HTML page: state, queue position, and links to the task and the model's page.
 
 The FastAPI app is built on first request, so loading plugins in other Airflow processes (workers,
@@ -24,10 +26,12 @@ from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
 
-from airflow_provider_nanobanana.links import PAGE_PREFIX, REQUEST_ID_XCOM_KEY
+from airflow_provider_nanobanana.links import PAGE_PREFIX, REQUEST_CONN_ID_XCOM_KEY, REQUEST_ID_XCOM_KEY
 from airflow_provider_nanobanana.models import REQUEST_ID_PATTERN, JobState
 
 _CONN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,250}$")
+#: The connection a task that recorded no connection id (an older provider) submitted with.
+DEFAULT_CONN_ID = "runcomfy_default"
 _MODEL_ID = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+){0,4}$")
 #: A page for a job still waiting refreshes itself this often (seconds).
 REFRESH_S = 10
@@ -65,32 +69,27 @@ def build_app() -> Any:
         run_id: str = Query(...),
         task_id: str = Query(...),
         map_index: int = Query(-1),
-        conn_id: str = Query("runcomfy_default"),
         model_id: str = Query(""),
     ) -> HTMLResponse:
-        code, body = render_request(
-            request_id,
-            ti=(dag_id, run_id, task_id, map_index),
-            conn_id=conn_id,
-            model_id=model_id,
-        )
+        # No conn_id parameter on purpose: the connection comes from the task's own XCom.
+        code, body = render_request(request_id, ti=(dag_id, run_id, task_id, map_index), model_id=model_id)
         return HTMLResponse(body, status_code=code, headers={"Cache-Control": "no-store"})
 
     return app
 
 
-def render_request(
-    request_id: str, *, ti: tuple[str, str, str, int], conn_id: str, model_id: str
-) -> tuple[int, str]:
+def render_request(request_id: str, *, ti: tuple[str, str, str, int], model_id: str) -> tuple[int, str]:
     """(HTTP status, HTML) for one request; every error is a page too, never a secret."""
-    if not REQUEST_ID_PATTERN.match(request_id) or not _CONN_ID.match(conn_id):
-        return 400, _page(
-            request_id, "bad link", "The request id or connection id in this link is malformed."
-        )
+    if not REQUEST_ID_PATTERN.match(request_id):
+        return 400, _page(request_id, "bad link", "The request id in this link is malformed.")
     if model_id and not _MODEL_ID.match(model_id):
         model_id = ""
-    if recorded_request_id(*ti) != request_id:
+    recorded = recorded_request(*ti)
+    if recorded.get(REQUEST_ID_XCOM_KEY) != request_id:
         return 404, _page(request_id, "unknown", "This task instance did not submit this request.")
+    conn_id = recorded.get(REQUEST_CONN_ID_XCOM_KEY) or DEFAULT_CONN_ID
+    if not isinstance(conn_id, str) or not _CONN_ID.match(conn_id):
+        return 400, _page(request_id, "bad record", "The task recorded a malformed connection id.")
     from airflow_provider_nanobanana.exceptions import (
         RunComfyAuthError,
         RunComfyError,
@@ -98,6 +97,17 @@ def render_request(
     )
     from airflow_provider_nanobanana.hooks.runcomfy import RunComfyHook
 
+    try:
+        conn_type = RunComfyHook.get_connection(conn_id).conn_type
+    except Exception as exc:  # noqa: BLE001 - e.g. a missing connection: a page, not a stack trace
+        return 502, _page(
+            request_id, "unavailable", f"The connection could not be read ({type(exc).__name__})."
+        )
+    if conn_type != RunComfyHook.conn_type:
+        # Its password would go to RunComfy as a Bearer token: only a runcomfy connection may.
+        return 403, _page(
+            request_id, "refused", f"Connection {conn_id!r} is not a {RunComfyHook.conn_type!r} connection."
+        )
     try:
         status = RunComfyHook(conn_id, max_retries=1).get_status(request_id)
     except RunComfyNotFoundError:
@@ -124,24 +134,24 @@ def render_request(
     )
 
 
-def recorded_request_id(dag_id: str, run_id: str, task_id: str, map_index: int) -> str | None:
-    """The request id this task instance pushed to XCom, read from the metadata database."""
+def recorded_request(dag_id: str, run_id: str, task_id: str, map_index: int) -> dict[str, Any]:
+    """What this task instance pushed to XCom at submit (request id, connection id), from the database."""
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
     with create_session() as session:
-        row = session.scalars(
+        rows = session.scalars(
             select(XComModel).where(
                 XComModel.dag_id == dag_id,
                 XComModel.run_id == run_id,
                 XComModel.task_id == task_id,
                 XComModel.map_index == map_index,
-                XComModel.key == REQUEST_ID_XCOM_KEY,
+                XComModel.key.in_((REQUEST_ID_XCOM_KEY, REQUEST_CONN_ID_XCOM_KEY)),
             )
-        ).first()
-        value = XComModel.deserialize_value(row) if row is not None else None
-    return value if isinstance(value, str) else None
+        ).all()
+        values = {row.key: XComModel.deserialize_value(row) for row in rows}
+    return {key: value for key, value in values.items() if isinstance(value, str)}
 
 
 def _page(

@@ -69,6 +69,12 @@ class RunComfySettings:
             balance = urlsplit(self.balance_url)
             if balance.scheme not in ("http", "https") or not balance.hostname:
                 raise ValueError(f"balance_url must be an http(s) URL, got {self.balance_url!r}")
+            if balance.scheme != "https" and not self.allow_insecure_inputs:
+                # The API token goes there as a Bearer header: never in clear text by accident.
+                raise ValueError(
+                    f"balance_url must be https (the API token is sent there), got {self.balance_url!r}; "
+                    "set allow_insecure_inputs on the connection only for a local test server"
+                )
             object.__setattr__(self, "balance_url", self.balance_url.rstrip("/"))
 
     @classmethod

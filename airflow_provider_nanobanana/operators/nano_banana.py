@@ -28,7 +28,12 @@ from airflow_provider_nanobanana.exceptions import (
 )
 from airflow_provider_nanobanana.hooks.runcomfy import Endpoint
 from airflow_provider_nanobanana.lineage import openlineage_facets, output_asset
-from airflow_provider_nanobanana.links import REQUEST_ID_XCOM_KEY, REQUEST_URL_XCOM_KEY, RunComfyRequestLink
+from airflow_provider_nanobanana.links import (
+    REQUEST_CONN_ID_XCOM_KEY,
+    REQUEST_ID_XCOM_KEY,
+    REQUEST_URL_XCOM_KEY,
+    RunComfyRequestLink,
+)
 from airflow_provider_nanobanana.media.keys import (
     DEFAULT_KEY_TEMPLATE,
     check_destination,
@@ -279,6 +284,7 @@ class NanoBananaEditOperator(NanoBananaBaseOperator):
         """XCom the id and link right away, so they exist even if the task dies while waiting."""
         ti = context["ti"]
         ti.xcom_push(key=REQUEST_ID_XCOM_KEY, value=request_id)
+        ti.xcom_push(key=REQUEST_CONN_ID_XCOM_KEY, value=self.runcomfy_conn_id)  # for the request page
         ti.xcom_push(key=REQUEST_URL_XCOM_KEY, value=self.hook.request_url(request_id, Endpoint.STATUS))
 
     def execute_complete(

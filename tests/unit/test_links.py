@@ -36,10 +36,10 @@ def test_the_link_opens_the_request_page_for_this_task_instance(monkeypatch):
         "run_id": "manual__2026-12-01T10:00:00+00:00",
         "task_id": "edit",
         "map_index": "2",
-        "conn_id": "runcomfy_prod",
         "model_id": "google/nano-banana-2/edit",
     }
     assert "/v1/requests/" not in url  # not the API's status URL a browser cannot open
+    assert "conn_id" not in url  # the page reads the connection the task recorded, not the URL's
 
 
 def test_a_configured_api_base_url_makes_it_absolute(monkeypatch):
