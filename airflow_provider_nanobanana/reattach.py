@@ -89,14 +89,25 @@ class JobLedger:
 
     def recall(self, work: str) -> str | None:
         """The request id an earlier try submitted for the same work, if any."""
+        return self.recall_paid(work)[0]
+
+    def recall_paid(self, work: str) -> tuple[str | None, int]:
+        """The earlier try's request id for the same work and how many requests that work paid for.
+
+        The paid count lets a retry keep counting quality-gate resubmits where the last try stopped
+        (records written before it was kept count as 1).
+        """
         record = self._safe(lambda s: s.get(STATE_KEY))
         if isinstance(record, Mapping) and record.get("fingerprint") == work:
             request_id = record.get("request_id")
-            return request_id if isinstance(request_id, str) else None
-        return None
+            paid = record.get("paid_requests", 1)
+            paid = paid if isinstance(paid, int) and not isinstance(paid, bool) and paid >= 1 else 1
+            return (request_id, paid) if isinstance(request_id, str) else (None, 1)
+        return None, 1
 
-    def record(self, request_id: str, work: str) -> None:
-        self._safe(lambda s: s.set(STATE_KEY, {"request_id": request_id, "fingerprint": work}))
+    def record(self, request_id: str, work: str, paid_requests: int = 1) -> None:
+        value = {"request_id": request_id, "fingerprint": work, "paid_requests": paid_requests}
+        self._safe(lambda s: s.set(STATE_KEY, value))
 
     def forget(self) -> None:
         self._safe(lambda s: s.delete(STATE_KEY))

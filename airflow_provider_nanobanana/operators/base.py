@@ -15,7 +15,7 @@ from airflow.sdk import BaseOperator
 
 from airflow_provider_nanobanana.config import MIN_DEFERRAL_S
 from airflow_provider_nanobanana.hooks.runcomfy import RunComfyHook
-from airflow_provider_nanobanana.media.keys import DEFAULT_KEY_TEMPLATE, MAX_PRESIGN_EXPIRY_S
+from airflow_provider_nanobanana.media.keys import DEFAULT_KEY_TEMPLATE, MAX_PRESIGN_EXPIRY_S, parse_s3_prefix
 from airflow_provider_nanobanana.media.quality import (
     OnBadOutput,
     QualityGate,
@@ -143,6 +143,25 @@ class NanoBananaBaseOperator(BaseOperator):
         self.reuse_outputs = reuse_outputs
         self.on_bad_output = OnBadOutput.parse(on_bad_output)
         self.max_resubmits = check_max_resubmits(max_resubmits)
+
+    def check_archive_settings(self, output_s3_uri: str | None, budget_s3_uri: str | None = None) -> None:
+        """At parse time: ``on_bad_output`` keep/resubmit and ``reuse_outputs`` work on the archive, so
+        they need ``output_s3_uri``; ``budget_s3_uri`` must be an ``s3://`` prefix. A value still to be
+        rendered (a template in a templated field) is checked when the task runs."""
+        if not output_s3_uri:
+            if self.on_bad_output is not OnBadOutput.FAIL:
+                raise ValueError(
+                    f"on_bad_output={self.on_bad_output.value!r} keeps or replaces archived outputs: "
+                    "set output_s3_uri (or use on_bad_output='fail')"
+                )
+            if self.reuse_outputs:
+                raise ValueError("reuse_outputs=True reuses outputs archived under output_s3_uri: set it")
+        if budget_s3_uri and not self._rendered_later("budget_s3_uri", budget_s3_uri):
+            parse_s3_prefix(budget_s3_uri, what="budget_s3_uri")
+
+    def _rendered_later(self, name: str, value: object) -> bool:
+        """Whether ``value`` of field ``name`` is a Jinja template Airflow renders before ``execute``."""
+        return name in self.template_fields and isinstance(value, str) and ("{{" in value or "{%" in value)
 
     def model_parameters(self) -> dict[str, Any]:
         """Every model input but the prompt and the images, as the API names them."""

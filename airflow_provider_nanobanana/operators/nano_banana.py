@@ -58,6 +58,8 @@ from airflow_provider_nanobanana.polling import JobWatch, wait_for_job
 from airflow_provider_nanobanana.preparation import prepare_request
 from airflow_provider_nanobanana.reattach import JobLedger, fingerprint
 from airflow_provider_nanobanana.redaction import redact_url
+from airflow_provider_nanobanana.spend.fingerprint import edit_fingerprint
+from airflow_provider_nanobanana.spend.pricing import as_usd
 from airflow_provider_nanobanana.spend.reuse import ReuseIndex, find_reusable, remember
 from airflow_provider_nanobanana.spend.single import (
     SingleEditBudget,
@@ -138,6 +140,7 @@ class NanoBananaEditOperator(NanoBananaBaseOperator):
     ) -> None:
         super().__init__(timeout=timeout, **kwargs)
         check_budget_location(self.budget, budget_s3_uri, output_s3_uri)
+        self.check_archive_settings(output_s3_uri, budget_s3_uri)
         self.budget_key = budget_key
         self.budget_s3_uri = budget_s3_uri
         self.image_urls = image_urls
@@ -187,7 +190,7 @@ class NanoBananaEditOperator(NanoBananaBaseOperator):
             )
         work = fingerprint({**fields, "model_id": self.model_id})
         ledger = JobLedger.for_context(context)
-        request_id, status = self._reattach(ledger, work)
+        request_id, status, paid = self._reattach(ledger, work)
         if request_id is None:
             if (reused := self._reuse(context, fields)) is not None:
                 return reused
@@ -201,7 +204,7 @@ class NanoBananaEditOperator(NanoBananaBaseOperator):
                 return skipped
             request_id = self._submit(request, spend_budget(self, context))
             ledger.record(request_id, work)
-        return self._watch(context, request_id, status)
+        return self._watch(context, request_id, status, paid)
 
     def _watch(
         self, context: Context, request_id: str, status: StatusResponse | None, paid_requests: int = 1
@@ -243,28 +246,29 @@ class NanoBananaEditOperator(NanoBananaBaseOperator):
     def _wait_before_defer(self) -> float:
         return WAIT_BEFORE_DEFER_S.resolve(self.wait_before_defer)
 
-    def _reattach(self, ledger: JobLedger, work: str) -> tuple[str | None, StatusResponse | None]:
+    def _reattach(self, ledger: JobLedger, work: str) -> tuple[str | None, StatusResponse | None, int]:
         """Reuse the earlier try's request unless it failed, was cancelled or is gone.
 
-        Returns the status it read, so the wait that follows does not ask for it again.
+        Returns the status it read, so the wait that follows does not ask for it again, and how many
+        requests the edit has paid for (quality-gate resubmits keep counting across tries).
         """
-        request_id = ledger.recall(work)
+        request_id, paid = ledger.recall_paid(work)
         if request_id is None:
-            return None, None
+            return None, None, 1
         try:
             status = self.hook.get_status(request_id)
         except RunComfyNotFoundError:
             self.log.warning("Earlier request %s no longer exists; submitting anew", request_id)
-            return None, None
+            return None, None, 1
         if status.status.is_active or status.status is JobState.COMPLETED:
             self.log.info(
                 "Re-attaching to %s (%s) from an earlier try; not submitting again",
                 request_id,
                 status.status.value,
             )
-            return request_id, status
+            return request_id, status, paid
         self.log.info("Earlier request %s ended %s; submitting anew", request_id, status.status.value)
-        return None, None
+        return None, None, 1
 
     def _submit(self, request: EditRequest, budget: SingleEditBudget | None = None, paid: int = 1) -> str:
         try:
@@ -305,17 +309,23 @@ class NanoBananaEditOperator(NanoBananaBaseOperator):
     def _complete(self, context: Context, request_id: str, paid_requests: int = 1) -> dict[str, Any]:
         # The verdict carries no outputs: the result is fetched here, once, where it is archived.
         result = self.hook.get_result(request_id)
-        cost_usd = settle_cost(self, context, result.cost, paid_requests)
+        cost_usd = as_usd(result.cost)
         archived: dict[str, Any] = {"archived": [], "manifest": None}
         if self.output_s3_uri:
             images = result.images  # the gate judges an empty or short list itself
             gate = self.quality_gate(paid_requests)
+            bad: BadOutputError | None = None
             try:
                 archived = self._archive(context, request_id, images, self.output_s3_uri, gate, cost_usd)
             except BadOutputError as exc:
-                return self._resubmit(context, exc, paid_requests)
+                bad = exc
+            finally:  # the outputs first: settling the ledger is best effort and never raises
+                settle_cost(self, context, result.cost, paid_requests)
+            if bad is not None:
+                return self._resubmit(context, bad, paid_requests)
             archived.update(quality=gate.flagged, paid_requests=paid_requests)
         else:
+            settle_cost(self, context, result.cost, paid_requests)
             images = completed_outputs(result)
         self._archived = archived["archived"]
         self._emit_asset_event(context, request_id, archived)
@@ -358,7 +368,8 @@ class NanoBananaEditOperator(NanoBananaBaseOperator):
             fingerprint=edit,
             cost_usd=cost_usd,
         )
-        remember(self.media, dest_uri, edit, result)
+        if not gate.flagged:  # outputs kept despite the gate are never handed to another run
+            remember(self.media, dest_uri, edit, result)
         return {"archived": result.s3_uris, "manifest": result.manifest_uri, "reused": False}
 
     # -- content-addressed reuse (spend/reuse.py) -------------------------------------------------
@@ -407,12 +418,28 @@ class NanoBananaEditOperator(NanoBananaBaseOperator):
             return str(known)
         ti = context["ti"]
         value = ti.xcom_pull(task_ids=ti.task_id, key=FINGERPRINT_XCOM_KEY, map_indexes=ti.map_index)
-        return value if isinstance(value, str) else None
+        if isinstance(value, str):
+            return value
+        # A retry that re-attached never ran ``_reuse`` and Airflow cleared the XCom: hash the inputs.
+        fields, params = self.edit_fields(), self.model_parameters()
+        try:
+            return edit_fingerprint(
+                self.media,
+                model_id=self.model_id,
+                parameters=params,
+                prompt=fields["prompt"],
+                image_urls=fields["image_urls"],
+            )
+        except Exception as exc:  # noqa: BLE001 - the index is an optimisation; the paid outputs matter
+            self.log.warning("Not indexing the archive for reuse: cannot hash the inputs (%s)", exc)
+            return None
 
     def _resubmit(self, context: Context, bad: BadOutputError, paid_requests: int) -> dict[str, Any]:
         """``on_bad_output="resubmit"``: pay for the same edit again, at most ``max_resubmits`` times."""
-        if self.on_bad_output is not OnBadOutput.RESUBMIT or paid_requests > self.max_resubmits:
+        if self.on_bad_output is not OnBadOutput.RESUBMIT:
             raise bad
+        if paid_requests > self.max_resubmits:  # resubmits used up: a retry would only pay again
+            raise _no_retry(bad) from bad
         self.log.warning(
             "Paying again: request %s failed the quality gate (%s); submitting paid request %d of at "
             "most %d (max_resubmits=%d)",
@@ -434,7 +461,8 @@ class NanoBananaEditOperator(NanoBananaBaseOperator):
             return skipped
         request_id = self._submit(request, spend_budget(self, context), paid=paid_requests + 1)
         # A retry of this task re-attaches to the newest request, never to the rejected one.
-        JobLedger.for_context(context).record(request_id, fingerprint({**fields, "model_id": self.model_id}))
+        work = fingerprint({**fields, "model_id": self.model_id})
+        JobLedger.for_context(context).record(request_id, work, paid_requests + 1)
         return self._watch(context, request_id, None, paid_requests + 1)
 
     def _emit_asset_event(self, context: Context, request_id: str, archived: Mapping[str, Any]) -> None:

@@ -9,6 +9,7 @@ retry that must submit again pays again, and is counted again.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,8 @@ from airflow_provider_nanobanana.spend.budget import (
 )
 from airflow_provider_nanobanana.spend.preflight import preflight_spend
 from airflow_provider_nanobanana.spend.pricing import as_usd
+
+log = logging.getLogger(__name__)
 
 #: What a single edit over budget returns with ``on_budget_exhausted="succeed"``.
 SKIPPED_BUDGET = "skipped_budget"
@@ -137,6 +140,15 @@ def reserve_or_skip(operator: Any, context: Mapping[str, Any], paid: int = 1) ->
 
 
 def settle_cost(operator: Any, context: Mapping[str, Any], cost: object, paid: int = 1) -> float | None:
-    """The cost RunComfy reported (USD, or None), recorded in the budget's ledger when there is one."""
-    budget = spend_budget(operator, context)
-    return budget.settle(cost, paid) if budget is not None else as_usd(cost)
+    """The cost RunComfy reported (USD, or None), recorded in the budget's ledger when there is one.
+
+    Best effort, never raises: it runs after a paid job's outputs are archived, and a ledger that
+    cannot be read or written must not fail a task whose work is done (the reservation stays counted).
+    """
+    try:
+        budget = spend_budget(operator, context)
+        if budget is not None:
+            budget.settle(cost, paid)
+    except Exception as exc:  # noqa: BLE001 - bookkeeping must not lose a paid, archived edit
+        log.warning("Could not record the reported cost in the spend ledger (%s); the edit is kept", exc)
+    return as_usd(cost)

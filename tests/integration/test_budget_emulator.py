@@ -341,3 +341,23 @@ def test_a_ledger_that_cannot_settle_never_fails_the_archived_batch(
     state = BatchCheckpoint(moto_s3.client(), s3_bucket, checkpoint_key.removesuffix("/_batch/state.json"))
     assert {item.state for item in state.load().items} == {ItemState.ARCHIVED}
     assert emulator.counters()["jobs_created"] == 4
+
+
+def test_a_ledger_that_cannot_settle_still_archives_and_reports_the_cost(
+    emulator, moto_s3, s3_bucket, monkeypatch, caplog
+):
+    """Settling the cost is bookkeeping: a paid job's outputs are archived even if the ledger is down."""
+    seed_inputs(moto_s3, s3_bucket, 1)
+    emulator.configure(queue_s=0.0, run_s=0.05)
+    task, context = fleet_member(s3_bucket, 0)
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("the ledger bucket is unreachable")
+
+    monkeypatch.setattr(SpendLedger, "settle", broken)
+    result = task.execute(context)
+    assert result["status"] == "completed"
+    assert len(result["archived"]) == 1
+    assert read_manifest(moto_s3, s3_bucket, result["manifest"])["cost_usd"] == pytest.approx(0.08)
+    assert result["cost_usd"] == pytest.approx(0.08)
+    assert "the ledger bucket is unreachable" in caplog.text

@@ -106,14 +106,19 @@ def test_resubmit_pays_exactly_once_more_and_archives_the_good_output(
 def test_resubmit_is_bounded_then_fails_naming_the_paid_requests(
     emulator, moto_s3, input_image, s3_bucket, context
 ):
+    from airflow_provider_nanobanana._compat import AirflowFailException
+
     task = operator(input_image, s3_bucket, prompt=f"{PROMPT} [bad_output:blank]", on_bad_output="resubmit")
-    with pytest.raises(BadOutputError, match=r"after 2 paid request\(s\)"):
+    # resubmits used up: fail without a retry (a retry would only re-attach to the same bad outputs)
+    with pytest.raises(AirflowFailException, match=r"after 2 paid request\(s\)"):
         run_deferred_through_resubmits(task, context)
     assert emulator.counters()["submits"] == 2  # max_resubmits=1: one more, never a third
     assert stored(moto_s3, s3_bucket) == []
 
 
 def test_max_resubmits_zero_never_pays_again(emulator, input_image, s3_bucket, context):
+    from airflow_provider_nanobanana._compat import AirflowFailException
+
     task = operator(
         input_image,
         s3_bucket,
@@ -121,7 +126,7 @@ def test_max_resubmits_zero_never_pays_again(emulator, input_image, s3_bucket, c
         on_bad_output="resubmit",
         max_resubmits=0,
     )
-    with pytest.raises(BadOutputError):
+    with pytest.raises(AirflowFailException, match="the output quality gate rejected"):
         run_deferred_through_resubmits(task, context)
     assert emulator.counters()["submits"] == 1
 
@@ -323,3 +328,42 @@ def test_batch_keep_never_indexes_a_flagged_output_for_reuse(emulator, moto_s3, 
     )
     assert second["reused"] == 2  # the two clean items
     assert emulator.counters()["submits"] == 4  # the flagged one was paid for again, not laundered
+
+
+def first_event(deferred: Any) -> dict[str, Any]:
+    """The event of a deferral's trigger, rebuilt from its kwargs and run as a triggerer would."""
+    import asyncio
+
+    from airflow_provider_nanobanana.triggers.runcomfy import RunComfyJobTrigger
+
+    async def run(trigger: Any) -> dict[str, Any]:
+        async for event in trigger.run():
+            return dict(event.payload)
+        raise AssertionError("the trigger ended without an event")
+
+    _path, kwargs = deferred.trigger.serialize()
+    return asyncio.run(run(RunComfyJobTrigger(**json.loads(json.dumps(kwargs)))))
+
+
+def test_a_retry_that_reattaches_to_a_resubmit_never_pays_past_max_resubmits(
+    emulator, moto_s3, input_image, s3_bucket
+):
+    """Try 1 pays twice (max_resubmits=1) and dies waiting; try 2 re-attaches and must not pay a third time."""
+    from airflow_provider_nanobanana._compat import AirflowFailException, TaskDeferred
+    from airflow_provider_nanobanana.triggers.runcomfy import RunComfyJobTrigger
+    from tests.fakes import StateStore
+
+    emulator.configure(queue_s=0.3, run_s=0.1)
+    store = StateStore()  # what survives between tries (Airflow 3.3's task state store)
+    kw = {"prompt": f"{PROMPT} [bad_output:blank]", "on_bad_output": "resubmit", "wait_before_defer": 0}
+    task, context = operator(input_image, s3_bucket, **kw), new_context(store)
+    with pytest.raises(TaskDeferred) as first:
+        task.execute(context)
+    with pytest.raises(TaskDeferred) as second:
+        task.execute_complete(context, first_event(first.value))  # bad: paid request 2, deferred again
+    assert second.value.kwargs == {"paid_requests": 2}
+    assert emulator.counters()["submits"] == 2  # ... and the worker dies here
+    retry = operator(input_image, s3_bucket, **kw)
+    with pytest.raises(AirflowFailException, match=r"after 2 paid request\(s\)"):
+        follow_deferrals(retry, new_context(store, try_number=2), RunComfyJobTrigger)
+    assert emulator.counters()["submits"] == 2  # 1 + max_resubmits, across both tries

@@ -125,3 +125,36 @@ def test_a_rerun_of_a_batch_pays_nothing_and_says_what_it_reused(emulator, moto_
             moto_s3, first_items[item["id"]]["archived"][0]
         )
     assert len(ReuseIndex(moto_s3.client(), f"s3://{s3_bucket}/out/").known()) == 12
+
+
+def test_a_kept_but_flagged_archive_is_never_reused(emulator, moto_s3, input_image, s3_bucket):
+    emulator.configure(queue_s=0, run_s=0.1)
+    kw = {"reuse_outputs": True, "deferrable": False, "on_bad_output": "keep"}
+    bad = "turn the sky purple [bad_output:blank]"
+    first = operator(input_image, s3_bucket, prompt=bad, **kw).execute(new_context(run_id="r1"))
+    assert first["quality"]  # archived, but flagged
+    assert ReuseIndex(moto_s3.client(), f"s3://{s3_bucket}/edited/").known() == set()
+    second = operator(input_image, s3_bucket, prompt=bad, **kw).execute(new_context(run_id="r2"))
+    assert second["reused"] is False
+    assert emulator.counters()["submits"] == 2
+
+
+def test_a_retry_that_reattaches_still_indexes_its_archive(emulator, moto_s3, input_image, s3_bucket):
+    """Airflow clears XCom on a new try: the re-attached try recomputes the fingerprint for the index."""
+    from airflow_provider_nanobanana._compat import TaskDeferred
+    from tests.fakes import StateStore
+
+    emulator.configure(queue_s=0.3, run_s=0.1)
+    store = StateStore()
+    with pytest.raises(TaskDeferred):  # try 1 pays and defers, then dies
+        operator(input_image, s3_bucket, reuse_outputs=True, wait_before_defer=0).execute(new_context(store))
+    retry = operator(input_image, s3_bucket, reuse_outputs=True)
+    first = run_deferred(retry, new_context(store, try_number=2))
+    assert first["reused"] is False
+    assert emulator.counters()["submits"] == 1
+    assert ReuseIndex(moto_s3.client(), f"s3://{s3_bucket}/edited/").known() != set()
+    again = operator(input_image, s3_bucket, reuse_outputs=True, deferrable=False).execute(
+        new_context(run_id="r2")
+    )
+    assert again["reused"] is True
+    assert emulator.counters()["submits"] == 1

@@ -280,3 +280,37 @@ def test_bad_timing_parameters_are_refused_at_parse_time():
             op(timeout=bad)
     with pytest.raises(ValueError, match="poll_interval"):
         op(poll_interval=0)
+
+
+# -- parse-time checks of what needs an archive (before any network call) -------------------------
+
+_OK_IMAGE = "https://images.example.com/cat.png"
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"on_bad_output": "keep"}, "on_bad_output"),
+        ({"on_bad_output": "resubmit"}, "on_bad_output"),
+        ({"reuse_outputs": True}, "reuse_outputs"),
+        ({"max_paid_requests": 1, "budget_s3_uri": "bucket/prefix/"}, "budget_s3_uri"),
+        ({"max_paid_requests": 1, "budget_s3_uri": "s3://Bad_Bucket/x/"}, "budget_s3_uri"),
+    ],
+)
+def test_settings_that_need_an_archive_or_a_ledger_are_refused_at_parse_time(changes, field):
+    with pytest.raises(ValueError, match=field) as info:
+        NanoBananaEditOperator(task_id="t", prompt="p", image_urls=[_OK_IMAGE], **changes)
+    assert "output_s3_uri" in str(info.value) or field == "budget_s3_uri"
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"on_bad_output": "keep", "output_s3_uri": "{{ var.value.out }}"},  # rendered later
+        {"reuse_outputs": True, "output_s3_uri": "s3://bucket/out/"},
+        {"on_bad_output": "resubmit", "output_s3_uri": "s3://bucket/out/"},
+        {"max_paid_requests": 1, "budget_s3_uri": "s3://bucket/ledger/"},
+    ],
+)
+def test_settings_with_their_archive_or_ledger_are_accepted(changes):
+    NanoBananaEditOperator(task_id="t", prompt="p", image_urls=[_OK_IMAGE], **changes)
