@@ -314,3 +314,17 @@ def test_settings_that_need_an_archive_or_a_ledger_are_refused_at_parse_time(cha
 )
 def test_settings_with_their_archive_or_ledger_are_accepted(changes):
     NanoBananaEditOperator(task_id="t", prompt="p", image_urls=[_OK_IMAGE], **changes)
+
+
+def test_the_job_ledger_keeps_the_paid_count_and_reads_records_written_before_it():
+    from airflow_provider_nanobanana.reattach import STATE_KEY, JobLedger
+    from tests.fakes import StateStore
+
+    store = StateStore()
+    ledger = JobLedger.for_context(new_context(store))
+    ledger.record("req-2", "work", paid_requests=2)
+    assert ledger.recall_paid("work") == ("req-2", 2)
+    assert ledger.recall_paid("other work") == (None, 1)
+    store[STATE_KEY] = {"request_id": "req-1", "fingerprint": "work"}  # a 0.1.x record
+    assert ledger.recall_paid("work") == ("req-1", 1)
+    assert ledger.recall("work") == "req-1"
