@@ -6,15 +6,20 @@ The triggerer runs it for as long as a DAG scheduled on the asset is unpaused; e
 messages naming new objects becomes one asset event whose ``extra["payload"]`` is
 ``{"objects": [...], "message_ids": [...]}`` (see :mod:`airflow_provider_nanobanana.events.notifications`).
 
-Delivery: messages are deleted from the queue only after their event has been handed to the
-triggerer, so a triggerer that dies in between leaves them to be received again. SQS itself is at
-least once. Either way a message can produce two asset events: the consuming DAG must be idempotent
+Delivery: yielding an event only hands it to the triggerer's memory; the triggerer process passes
+it to its supervisor (which writes it to the database) on its next sync, about once a second. So a
+batch's messages are deleted only ``ack_delay_s`` (default 15 s) after its event was yielded, on a
+later pass of the watch loop: a triggerer killed in between leaves them to be received again after
+their visibility timeout, which must therefore be longer than ``ack_delay_s`` (checked when given;
+SQS's queue default is 30 s). SQS itself is at least once. Either way a message can produce two asset events: the consuming DAG must be idempotent
 per object (the example DAG claims each object's ETag with a conditional S3 write).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -33,6 +38,24 @@ PERMANENT_RETRY_S = 60.0
 EMPTY_RECEIVE_PAUSE_S = 1.0
 #: Long-poll wait of the follow-up receives that gather a burst of uploads into one event.
 BURST_WAIT_S = 1
+#: Default delay between yielding an event and deleting its messages: well over the triggerer's
+#: ~1 s sync of events to its supervisor (Airflow 3's triggerer loop), and under SQS's default
+#: 30 s visibility timeout.
+ACK_DELAY_S = 15.0
+#: SQS's limit on a message's visibility timeout (12 hours).
+MAX_VISIBILITY_TIMEOUT_S = 43200
+
+
+def _now() -> float:
+    """Monotonic seconds (its own name so tests can move it without touching the event loop's clock)."""
+    return time.monotonic()
+
+
+def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+    if not ok or (high is not None and value > high):
+        allowed = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise ValueError(f"{name} must be an integer {allowed}, got {value!r}")
 
 
 class S3NewObjectsTrigger(BaseEventTrigger):
@@ -50,7 +73,10 @@ class S3NewObjectsTrigger(BaseEventTrigger):
     :param max_messages: messages per receive, 1-10.
     :param max_batch_messages: most messages gathered into one event.
     :param visibility_timeout_s: how long a received message stays hidden before it can be received
-        again if it was not deleted (``None``: the queue's own setting).
+        again if it was not deleted, 0-43200 s and longer than ``ack_delay_s`` (``None``: the queue's
+        own setting, which should be too).
+    :param ack_delay_s: seconds between yielding an event and deleting its messages, so the event
+        is in Airflow's database before the messages are gone (0: delete on the next pass).
     """
 
     def __init__(
@@ -63,16 +89,27 @@ class S3NewObjectsTrigger(BaseEventTrigger):
         max_messages: int = 10,
         max_batch_messages: int = 100,
         visibility_timeout_s: int | None = None,
+        ack_delay_s: float = ACK_DELAY_S,
     ) -> None:
         super().__init__()
-        if not queue_url.startswith(("https://", "http://")):
+        if not isinstance(queue_url, str) or not queue_url.startswith(("https://", "http://")):
             raise ValueError(f"queue_url must be an SQS queue URL (https://...), got {queue_url!r}")
-        if not 0 <= wait_time_s <= 20:
-            raise ValueError(f"wait_time_s must be between 0 and 20 (SQS's limit), got {wait_time_s}")
-        if not 1 <= max_messages <= 10:
-            raise ValueError(f"max_messages must be between 1 and 10 (SQS's limit), got {max_messages}")
-        if max_batch_messages < 1:
-            raise ValueError(f"max_batch_messages must be at least 1, got {max_batch_messages}")
+        _check_int("wait_time_s", wait_time_s, 0, 20)
+        _check_int("max_messages", max_messages, 1, 10)
+        _check_int("max_batch_messages", max_batch_messages, 1)
+        if visibility_timeout_s is not None:
+            _check_int("visibility_timeout_s", visibility_timeout_s, 0, MAX_VISIBILITY_TIMEOUT_S)
+        if (
+            isinstance(ack_delay_s, bool)
+            or not isinstance(ack_delay_s, (int, float))
+            or not 0 <= ack_delay_s < math.inf
+        ):
+            raise ValueError(f"ack_delay_s must be a finite number of seconds >= 0, got {ack_delay_s!r}")
+        if visibility_timeout_s is not None and visibility_timeout_s <= ack_delay_s:
+            raise ValueError(
+                f"visibility_timeout_s ({visibility_timeout_s}) must be longer than ack_delay_s "
+                f"({ack_delay_s}), else messages are received again before they are deleted"
+            )
         self.queue_url = queue_url
         self.aws_conn_id = aws_conn_id
         self.region_name = region_name
@@ -80,6 +117,7 @@ class S3NewObjectsTrigger(BaseEventTrigger):
         self.max_messages = max_messages
         self.max_batch_messages = max_batch_messages
         self.visibility_timeout_s = visibility_timeout_s
+        self.ack_delay_s = ack_delay_s
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -92,6 +130,7 @@ class S3NewObjectsTrigger(BaseEventTrigger):
                 "max_messages": self.max_messages,
                 "max_batch_messages": self.max_batch_messages,
                 "visibility_timeout_s": self.visibility_timeout_s,
+                "ack_delay_s": self.ack_delay_s,
             },
         )
 
@@ -99,13 +138,19 @@ class S3NewObjectsTrigger(BaseEventTrigger):
         async with httpx.AsyncClient() as client:
             queue: SqsQueue | None = None
             failures = 0
+            #: (when, messages): batches whose events were yielded, deleted once ``when`` has passed.
+            unacked: list[tuple[float, list[SqsMessage]]] = []
             while True:
                 try:
                     if queue is None:
                         access = await resolve_access(self.aws_conn_id, self.region_name, self.queue_url)
                         queue = SqsQueue(self.queue_url, access, client)
                         self.log.info("Watching %s for S3 object notifications", self.queue_url)
-                    messages = await self._receive(queue, self.wait_time_s, self.max_messages)
+                    unacked = await self._acknowledge_due(queue, unacked)
+                    wait_s = self.wait_time_s
+                    if unacked:  # wake up in time to delete them, well within their visibility
+                        wait_s = min(wait_s, max(0, math.ceil(unacked[0][0] - _now())))
+                    messages = await self._receive(queue, wait_s, self.max_messages)
                 except SqsError as exc:
                     failures += 1
                     if not exc.transient:
@@ -118,9 +163,22 @@ class S3NewObjectsTrigger(BaseEventTrigger):
                     continue
                 messages += await self._rest_of_burst(queue, len(messages))
                 payload = self.payload_of(messages)
-                if payload["objects"]:
-                    yield TriggerEvent(payload)
+                if not payload["objects"]:  # no event to lose: test events and non-notifications
+                    await self._acknowledge(queue, messages)
+                    continue
+                yield TriggerEvent(payload)
+                # Only in the triggerer's memory so far: delete after it has reached the database.
+                unacked.append((_now() + self.ack_delay_s, messages))
+
+    async def _acknowledge_due(
+        self, queue: SqsQueue, unacked: list[tuple[float, list[SqsMessage]]]
+    ) -> list[tuple[float, list[SqsMessage]]]:
+        """Delete the batches whose delay has passed; returns the ones still waiting."""
+        now = _now()
+        for when, messages in unacked:
+            if when <= now:
                 await self._acknowledge(queue, messages)
+        return [(when, messages) for when, messages in unacked if when > now]
 
     async def _receive(self, queue: SqsQueue, wait_time_s: int, limit: int) -> list[SqsMessage]:
         return await queue.receive(

@@ -42,7 +42,7 @@ async def test_uploads_become_one_event_and_their_messages_are_deleted(moto_s3, 
     s3.put_object(Bucket=bucket, Key="elsewhere/e.png", Body=b"z")  # not notified (prefix filter)
     assert in_queue(moto_s3, queue_url) == 3, "the s3:TestEvent plus one message per upload under in/"
 
-    run = S3NewObjectsTrigger(queue_url=queue_url, wait_time_s=1).run()
+    run = S3NewObjectsTrigger(queue_url=queue_url, wait_time_s=1, ack_delay_s=3).run()
     objects: list[dict[str, Any]] = []
     while len(objects) < 2:  # S3 sends one message per object; a receive may return fewer than all
         event = await asyncio.wait_for(run.__anext__(), timeout=30)
@@ -51,7 +51,9 @@ async def test_uploads_become_one_event_and_their_messages_are_deleted(moto_s3, 
     etags = {k: s3.head_object(Bucket=bucket, Key=k)["ETag"].strip('"') for k in ("in/a b+c.png", "in/d.png")}
     assert {o["key"]: o["etag"] for o in objects} == etags, "decoded keys, and the ETag of what was uploaded"
     pending = asyncio.ensure_future(run.__anext__())  # the watch goes on: it deletes, then receives
-    for _ in range(100):
+    await asyncio.sleep(0.1)
+    assert in_queue(moto_s3, queue_url) > 0, "not deleted before the event had time to reach the database"
+    for _ in range(300):
         if in_queue(moto_s3, queue_url) == 0:
             break
         await asyncio.sleep(0.05)
@@ -65,7 +67,9 @@ async def test_a_message_whose_event_was_not_taken_is_delivered_again(moto_s3, n
     moto_s3.client().put_object(Bucket=bucket, Key="in/once.png", Body=b"x")
 
     async def first_event_keys() -> list[str]:
-        trigger = S3NewObjectsTrigger(queue_url=queue_url, wait_time_s=1, visibility_timeout_s=1)
+        trigger = S3NewObjectsTrigger(
+            queue_url=queue_url, wait_time_s=1, visibility_timeout_s=1, ack_delay_s=0.5
+        )
         run: Any = trigger.run()  # an async generator: closed below like the triggerer would
         try:
             event = await asyncio.wait_for(run.__anext__(), timeout=30)

@@ -42,11 +42,13 @@ class FakeSqs:
         self.receives = receives
         self.calls: list[tuple[str, dict[str, Any], httpx.Headers]] = []
         self.two_deletes = asyncio.Event()
+        self.first_delete = asyncio.Event()
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         action = request.headers["X-Amz-Target"].removeprefix("AmazonSQS.")
         self.calls.append((action, json.loads(request.content), request.headers))
         if action == "DeleteMessageBatch":
+            self.first_delete.set()
             if self.actions().count(action) >= 2:
                 self.two_deletes.set()
             return httpx.Response(
@@ -61,11 +63,20 @@ class FakeSqs:
 
 
 @pytest.fixture
-def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The trigger's monotonic clock: ``clock[0]``, moved only by the trigger's (fake) sleeps."""
+    now = [1000.0]
+    monkeypatch.setattr(s3_events, "_now", lambda: now[0])
+    return now
+
+
+@pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch, clock: list[float]) -> list[float]:
     real_sleep, seen = asyncio.sleep, []
 
     async def fake_sleep(seconds: float) -> None:
         seen.append(seconds)
+        clock[0] += seconds
         await real_sleep(0)
 
     monkeypatch.setattr(s3_events.asyncio, "sleep", fake_sleep)
@@ -103,6 +114,7 @@ def test_serialize_round_trips_and_names_no_secret() -> None:
         "max_messages": 3,
         "max_batch_messages": 100,
         "visibility_timeout_s": None,
+        "ack_delay_s": s3_events.ACK_DELAY_S,
     }
     assert S3NewObjectsTrigger(**kwargs).serialize() == (path, kwargs)
 
@@ -115,6 +127,14 @@ def test_serialize_round_trips_and_names_no_secret() -> None:
         ({"queue_url": QUEUE, "max_messages": 0}, "max_messages"),
         ({"queue_url": QUEUE, "max_messages": 11}, "max_messages"),
         ({"queue_url": QUEUE, "max_batch_messages": 0}, "max_batch_messages"),
+        ({"queue_url": QUEUE, "max_batch_messages": 2.5}, "max_batch_messages"),
+        ({"queue_url": QUEUE, "wait_time_s": True}, "wait_time_s"),
+        ({"queue_url": QUEUE, "visibility_timeout_s": 43201}, "visibility_timeout_s"),
+        ({"queue_url": QUEUE, "visibility_timeout_s": -1}, "visibility_timeout_s"),
+        ({"queue_url": QUEUE, "visibility_timeout_s": "60"}, "visibility_timeout_s"),
+        ({"queue_url": QUEUE, "visibility_timeout_s": 10}, "longer than ack_delay_s"),
+        ({"queue_url": QUEUE, "ack_delay_s": -1}, "ack_delay_s"),
+        ({"queue_url": QUEUE, "ack_delay_s": float("inf")}, "ack_delay_s"),
     ],
 )
 def test_bad_settings_are_refused_at_parse_time(kwargs: dict[str, Any], field: str) -> None:
@@ -159,6 +179,27 @@ async def test_one_event_per_batch_and_messages_deleted_only_after_it(sleeps, re
     assert "/eu-west-1/sqs/aws4_request" in auth
     assert all(SECRET not in str(headers) for _, _, headers in fake.calls)
     assert resolutions == ["aws_default"], "access is resolved once, not per receive"
+
+
+async def test_a_batch_is_deleted_only_after_its_event_had_time_to_reach_the_database(
+    sleeps, resolutions, clock
+) -> None:
+    """Yielded = in the triggerer's memory only: the messages stay until ``ack_delay_s`` has passed."""
+    fake = FakeSqs([httpx.Response(200, json={"Messages": [message(1, notification("k.png"))]})])
+    with serve(fake):
+        run = S3NewObjectsTrigger(queue_url=QUEUE, wait_time_s=20, ack_delay_s=15).run()
+        await run.__anext__()
+        yielded_at = clock[0]
+        pending = asyncio.ensure_future(run.__anext__())  # the triggerer resumes the watch at once
+        await asyncio.wait_for(fake.first_delete.wait(), timeout=10)
+        deleted_at = clock[0]
+        pending.cancel()
+    assert deleted_at - yielded_at >= 15, "deleted before the event could have been synced"
+    before_delete = fake.calls[: fake.actions().index("DeleteMessageBatch")]
+    waits = [body["WaitTimeSeconds"] for action, body, _ in before_delete if action == "ReceiveMessage"]
+    assert waits[:2] == [20, s3_events.BURST_WAIT_S]
+    assert all(w <= 15 for w in waits[2:]), "long polls end in time to delete"
+    assert deleted_at - yielded_at <= 20, "deleted well within the queue's 30 s default visibility"
 
 
 async def test_transient_errors_back_off_and_permanent_ones_reread_the_connection(
