@@ -164,13 +164,18 @@ class BatchRun:
             return
         if self.closing:
             return
-        item = self.by_id[item_id]
-        item.claims += 1
-        item.claim_generation = self.generation
-        item.move(ItemState.SUBMITTING)
-        claims = item.claims
+        # Reserve before marking the item: the time between marking it ``submitting`` and creating
+        # its claim is when another copy resuming finds no claim, so nothing slow may sit there.
+        claims = self.by_id[item_id].claims + 1
         if not await self._reserve(item_id, claims):
             return
+        if self.closing or not self._still_ours(item_id, claims):
+            return  # stopped, or another writer took the item meanwhile (the unit stays held: safe side)
+        item = self.by_id[item_id]
+        item.claims = claims
+        item.claim_generation = self.generation
+        item.submitting_since = time.time()
+        item.move(ItemState.SUBMITTING)
         try:
             claimed = await asyncio.to_thread(self.checkpoint.claim, self.generation, item, self.owner)
         except Exception as exc:  # noqa: BLE001 - S3 down: not sent; try again with the next claim
@@ -214,14 +219,20 @@ class BatchRun:
         try:
             reserved = await asyncio.to_thread(self.ledger.reserve, item_id, claims, usd=usd)
         except Exception as exc:  # noqa: BLE001 - S3 down: not sent; try again with the next claim
-            self.by_id[item_id].move(ItemState.PENDING, error=f"could not reserve budget: {exc}")
+            if self._still_ours(item_id, claims):
+                self.by_id[item_id].move(ItemState.PENDING, error=f"could not reserve budget: {exc}")
             return False
-        if not reserved:
+        if not reserved and self._still_ours(item_id, claims):
             self.log.info("Item %s is over the spend budget: not submitted", item_id)
             self.by_id[item_id].move(
                 ItemState.SKIPPED_BUDGET, error="the spend budget was used up; not submitted, not paid"
             )
         return reserved
+
+    def _still_ours(self, item_id: str, claims: int) -> bool:
+        """The item is still pending its claim ``claims`` (no other writer took it during an await)."""
+        item = self.by_id[item_id]
+        return item.state is ItemState.PENDING and item.claims < claims
 
     async def _release(self, item_id: str, claims: int) -> None:
         """The claim's POST provably never left: give its unit of budget back."""
@@ -283,6 +294,9 @@ class BatchRun:
             item.attempts += 1
             item.move(ItemState.ACTIVE, request_id=str(claim["request_id"]))
             self._watch(item)
+        elif claim is None and self._claim_may_follow(item):
+            self.foreign.add(item_id)  # marked just now: its writer may be about to create the claim
+            return
         elif claim is None or claim.get("sent") is False:
             item.move(ItemState.PENDING, error=item.error)  # the POST never left: send it again
             await self._release(item_id, item.claims)  # ... under a new claim, with a new reservation
@@ -297,6 +311,12 @@ class BatchRun:
             return
         self.foreign.discard(item_id)
         self.dirty = True
+
+    def _claim_may_follow(self, item: BatchItem) -> bool:
+        """A ``submitting`` item without a claim, marked less than the claim grace ago: its writer may
+        still create the claim and POST, so calling it unsent now could pay twice."""
+        since = item.submitting_since
+        return since is not None and time.time() - since < self.claim_grace_s
 
     async def _drain(self) -> None:
         self.closing = True

@@ -84,6 +84,10 @@ class BatchItem(BaseModel):
     #: The generation (task try) that took claim number ``claims``: a later try looks for the claim
     #: there, so a POST an earlier try sent is found, not sent again. ``None``: written before 0.2.0.
     claim_generation: int | None = None
+    #: When (epoch s) the item was last marked ``submitting``: its writer creates the claim just after,
+    #: so a resume that finds no claim waits out the claim grace before calling the POST unsent.
+    #: ``None``: written before this field existed.
+    submitting_since: float | None = None
     #: Bumped on every change, so a merge keeps the most advanced view of the item.
     version: int = 0
     error: str = ""

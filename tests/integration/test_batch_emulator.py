@@ -269,3 +269,73 @@ def test_one_item_whose_input_cannot_be_prepared_fails_alone(emulator, moto_s3, 
     (failed,) = [item for item in state.items if item.state is ItemState.FAILED]
     assert "img_0003" in failed.id
     assert "EndpointConnectionError" in failed.error or "Could not connect" in failed.error
+
+
+async def batch_run_of(trigger):
+    """The engine ``trigger.run()`` would drive (as ``RunComfyBatchTrigger._run`` builds it), kept at hand
+    so a test can hold one copy at a chosen step."""
+    from airflow_provider_nanobanana.batch.run import BatchRun
+    from airflow_provider_nanobanana.hooks.runcomfy import RunComfyHook
+    from airflow_provider_nanobanana.spend.budget import BudgetLimits, batch_ledger
+
+    hook = RunComfyHook(trigger.runcomfy_conn_id, model_id=trigger.model_id)
+    await hook.aget_settings()
+    media = trigger._media()
+    checkpoint = await trigger._checkpoint(media)
+    state = await asyncio.to_thread(checkpoint.load)
+    ledger = batch_ledger(checkpoint, BudgetLimits(trigger.max_paid_requests, trigger.max_spend_usd))
+    return BatchRun(trigger, hook, media, checkpoint, state, ledger=ledger)
+
+
+def test_a_copy_resuming_between_marking_and_claiming_never_pays_twice(
+    emulator, moto_s3, s3_bucket, monkeypatch
+):
+    """Copy 1 has marked the item ``submitting`` (and saved that) but not yet created its claim when
+    copy 2 resumes. Copy 2 must not judge the missing claim "never sent" (move the item back to
+    pending, release copy 1's budget unit and POST under the next claim): copy 1 then claims and
+    POSTs too, two paid jobs with one counted. It waits out the claim grace instead."""
+    import threading
+
+    seed_inputs(moto_s3, s3_bucket, 1)
+    emulator.configure(queue_s=0.05, run_s=0.05)
+    task, context = batch_operator(s3_bucket, max_paid_requests=5), batch_context()
+    with pytest.raises(TaskDeferred) as deferred:
+        task.execute(context)
+
+    first_claiming, let_first_claim = threading.Event(), threading.Event()
+    real_claim = BatchCheckpoint.claim
+    owners: dict[str, str] = {}
+
+    def held_claim(self, generation, item, owner):  # runs in a worker thread (asyncio.to_thread)
+        if owner == owners["first"]:
+            first_claiming.set()
+            assert let_first_claim.wait(30)
+        return real_claim(self, generation, item, owner)
+
+    monkeypatch.setattr(BatchCheckpoint, "claim", held_claim)
+
+    async def scenario():
+        first = await batch_run_of(rebuilt(deferred.value.trigger))
+        owners["first"] = first.owner
+        one = asyncio.ensure_future(first.run())
+        await until(lambda: asyncio.sleep(0, first_claiming.is_set()))
+        await first._save()  # its periodic save lands in the gap: S3 says "submitting", no claim yet
+        second = await batch_run_of(rebuilt(deferred.value.trigger))
+        assert second.state.items[0].state is ItemState.SUBMITTING
+        two = asyncio.ensure_future(second.run())
+
+        async def second_decided():
+            return bool(second.foreign) or (await counters(emulator))["jobs_created"] > 0
+
+        await until(second_decided)
+        let_first_claim.set()
+        return await asyncio.gather(one, two)
+
+    events = asyncio.run(scenario())
+    assert [e.status for e in events] == ["success", "success"]
+    assert emulator.counters()["jobs_created"] == 1  # one POST, by the copy that created the claim
+    result = task.execute_complete(context, events[0].model_dump(mode="json"))
+    assert result["counts"] == {"archived": 1}
+    from tests.integration.test_budget_emulator import ledger_of
+
+    assert ledger_of(moto_s3, s3_bucket, result).snapshot().paid_requests() == 1

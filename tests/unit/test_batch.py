@@ -78,3 +78,110 @@ def test_state_round_trips_through_json():
     s = state(ItemState.ACTIVE)
     s.items[0].request_id = "r1"
     assert BatchState.model_validate_json(s.model_dump_json()) == s
+
+
+def test_a_checkpoint_written_before_submitting_since_still_loads():
+    old = {"id": "i0", "image_urls": ["s3://b/0.png"], "prompt": "p", "state": "submitting", "claims": 1}
+    assert BatchItem.model_validate(old).submitting_since is None
+
+
+# -- the resume of a ``submitting`` item whose claim is not there (batch/run.py) ---------------------
+
+
+class FakeCheckpoint:
+    def __init__(self):
+        self.claims: dict[tuple[str, int], dict] = {}
+        self.claim_calls: list[tuple[str, int, str]] = []
+
+    def read_claim(self, generation, item):
+        return self.claims.get((item.id, item.claims))
+
+    def claim(self, generation, item, owner):
+        self.claim_calls.append((item.id, item.claims, item.state.value))
+        return False  # another copy holds it: nothing is sent
+
+
+class FakeLedger:
+    def __init__(self, run_of):
+        self.run_of = run_of
+        self.calls: list[tuple[str, str, int, str, int]] = []
+
+    def reserve(self, item_id, claims, usd):
+        item = self.run_of().by_id[item_id]
+        self.calls.append(("reserve", item_id, claims, item.state.value, item.claims))
+        return True
+
+    def release(self, item_id, claims):
+        self.calls.append(("release", item_id, claims, "", 0))
+
+
+def batch_run(item_state, **item_fields):
+    import logging
+    from types import SimpleNamespace
+
+    from airflow_provider_nanobanana.batch.run import BatchRun
+
+    trigger = SimpleNamespace(
+        log=logging.getLogger("test"),
+        poll_interval_s=1.0,
+        poll_max_s=5.0,
+        rate_per_s=10.0,
+        max_in_flight=4,
+        deadline_epoch_s=1e12,
+        price_per_request_usd=None,
+    )
+    hook = SimpleNamespace(settings=SimpleNamespace(submit_exchange_s=30.0, allow_insecure_inputs=True))
+    s = state(item_state)
+    for name, value in item_fields.items():
+        setattr(s.items[0], name, value)
+    holder: dict = {}
+    ledger = FakeLedger(lambda: holder["run"])
+    run = BatchRun(trigger, hook, None, FakeCheckpoint(), s, ledger=ledger)  # type: ignore[arg-type]
+    holder["run"] = run
+    return run, ledger
+
+
+def test_a_submitting_item_without_its_claim_waits_out_the_grace_before_it_is_called_unsent(monkeypatch):
+    """Its writer may be between marking it and creating the claim: calling it unsent at once would
+    release that writer's budget unit and send it again under the next claim (two paid jobs)."""
+    import asyncio
+
+    from tests.fakes import install_clock
+
+    clock = install_clock(monkeypatch)
+    run, ledger = batch_run(ItemState.SUBMITTING, claims=1, claim_generation=0, submitting_since=clock.time())
+    clock.sleep(run.claim_grace_s - 1)
+    asyncio.run(run._settle_from_claim("i0"))
+    assert run.by_id["i0"].state is ItemState.SUBMITTING
+    assert run.foreign == {"i0"}
+    assert ledger.calls == []
+    clock.sleep(2)  # past the grace, still no claim: its writer never created it, nothing was sent
+    asyncio.run(run._settle_from_claim("i0"))
+    assert run.by_id["i0"].state is ItemState.PENDING
+    assert run.foreign == set()
+    assert ledger.calls == [("release", "i0", 1, "", 0)]
+
+
+def test_a_submitting_item_from_an_older_checkpoint_without_a_claim_is_pending_again():
+    import asyncio
+
+    run, ledger = batch_run(ItemState.SUBMITTING, claims=1, claim_generation=0)
+    asyncio.run(run._settle_from_claim("i0"))
+    assert run.by_id["i0"].state is ItemState.PENDING
+    assert ledger.calls == [("release", "i0", 1, "", 0)]
+
+
+def test_the_budget_unit_is_reserved_before_the_item_is_marked_submitting(monkeypatch):
+    """Nothing slow (the ledger's S3 round trips) may sit between marking and claiming."""
+    import asyncio
+
+    import airflow_provider_nanobanana.batch.run as run_module
+
+    monkeypatch.setattr(run_module, "prepare_request", lambda fields, **kw: object())
+    run, ledger = batch_run(ItemState.PENDING)
+    asyncio.run(run._submit_one("i0"))
+    assert ledger.calls == [("reserve", "i0", 1, "pending", 0)]  # claim 1, reserved while still pending
+    assert run.checkpoint.claim_calls == [("i0", 1, "submitting")]
+    item = run.by_id["i0"]
+    assert item.submitting_since is not None
+    assert run.foreign == {"i0"}
