@@ -20,8 +20,8 @@ STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em;background:#f5f5f5;color:#1e1e1e}
 table{border-collapse:collapse;background:#fff}
 td,th{border:1px solid #ccc;padding:.4em;vertical-align:top;text-align:left}
-tr.failed td{background:#fde8e8}tr.unfinished td,tr.skipped td{background:#fff4e0}
-.status-failed{color:#c81414;font-weight:bold}.status-unfinished,.status-skipped{color:#c87800;font-weight:bold}
+tr.failed td{background:#fde8e8}tr.unfinished td,tr.skipped td,tr.flagged td{background:#fff4e0}
+.status-failed{color:#c81414;font-weight:bold}.status-unfinished,.status-skipped,.status-flagged{color:#c87800;font-weight:bold}
 figure{display:inline-block;margin:0 .4em .4em 0}figcaption{font-size:.75em;color:#555;max-width:160px;
 overflow-wrap:anywhere}.muted{color:#666}.placeholder{display:inline-block;width:128px;height:128px;
 background:#e1e1e1;color:#666;font-size:.8em}

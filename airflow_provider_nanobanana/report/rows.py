@@ -13,21 +13,23 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from airflow_provider_nanobanana.redaction import redact_text
+from airflow_provider_nanobanana.redaction import redact_text, redact_url
 
 
 class RowStatus(str, Enum):
     """The outcome of one edit as a reviewer sees it."""
 
     SUCCEEDED = "succeeded"  # outputs are archived
+    #: Archived, but the quality gate flagged an output (``on_bad_output="keep"``): a reviewer must look.
+    FLAGGED = "flagged"
     FAILED = "failed"  # the job failed, was cancelled, the submit was ambiguous or archiving failed
     UNFINISHED = "unfinished"  # still pending or running when the report was written (a timeout)
     SKIPPED = "skipped"  # never submitted: the spend budget did not cover it
 
     @classmethod
-    def of_batch_state(cls, state: str, *, archived: bool, error: str) -> RowStatus:
+    def of_batch_state(cls, state: str, *, archived: bool, error: str, flagged: bool = False) -> RowStatus:
         if state == "archived" and archived:
-            return cls.SUCCEEDED
+            return cls.FLAGGED if flagged else cls.SUCCEEDED
         if state == "skipped_budget":
             return cls.SKIPPED
         if state in {"failed", "cancelled", "submit_unknown"} or error:
@@ -54,7 +56,8 @@ class ReportRow:
 
     @property
     def failed(self) -> bool:
-        """Needs a reviewer's look: anything but a success is marked (and kept by the cap)."""
+        """Needs a reviewer's look: anything but a clean success is marked (and kept by the cap and
+        every review sample), quality-flagged outputs included."""
         return self.status is not RowStatus.SUCCEEDED
 
 
@@ -95,14 +98,17 @@ def rows_from_batch(entries: Iterable[Mapping[str, Any]]) -> list[ReportRow]:
         archived = tuple(str(uri) for uri in entry.get("archived") or ())
         error = redact_text(str(entry.get("error") or ""))
         state = str(entry.get("state") or "")
+        flags = _quality_note(entry.get("quality"))
+        status = RowStatus.of_batch_state(state, archived=bool(archived), error=error, flagged=bool(flags))
         rows.append(
             ReportRow(
                 label=str(entry.get("id") or ""),
-                status=RowStatus.of_batch_state(state, archived=bool(archived), error=error),
+                status=status,
                 request_id=entry.get("request_id") or None,
                 inputs=tuple(str(u) for u in entry.get("image_urls") or ()),
                 outputs=archived,
-                error=error or ("" if state in {"archived"} else state),
+                error=error
+                or (flags if status is RowStatus.FLAGGED else "" if state == "archived" else state),
             )
         )
     return rows
@@ -118,31 +124,35 @@ def rows_from_edits(
     ``manifest_inputs`` maps a request id to the inputs its manifest recorded, which is how an output
     is matched to its input. Every entry of ``expected_inputs`` (the mapped task's expand list) that
     no result covers is a failed row: a failed mapped task leaves no XCom behind. Rows follow the
-    order of ``expected_inputs`` when it is given.
+    order of ``expected_inputs`` when it is given. Inputs are compared and shown redacted: manifests
+    record them redacted, while the expand list may hold pre-signed URLs.
     """
+    expected = [_redacted_inputs(entry) for entry in expected_inputs] if expected_inputs is not None else None
     done: list[ReportRow] = []
     for n, result in enumerate(results):
         if not result:
             continue
         request_id = str(result.get("request_id") or "") or None
-        inputs = tuple(manifest_inputs.get(request_id or "", ()))
+        inputs = tuple(redact_url(u) for u in manifest_inputs.get(request_id or "", ()))
+        if not inputs and expected is not None and len(expected) == len(results):
+            inputs = expected[n]  # no manifest (e.g. skipped): results follow the expand list
         archived = tuple(str(uri) for uri in result.get("archived") or ())
+        status, error = _edit_outcome(result, archived)
         done.append(
             ReportRow(
                 label=_name(inputs[0]) if inputs else f"edit {n}",
-                status=RowStatus.SUCCEEDED if archived else RowStatus.FAILED,
+                status=status,
                 request_id=request_id,
                 inputs=inputs,
                 outputs=archived,
-                error="" if archived else "no archived output",
+                error=error,
             )
         )
-    if expected_inputs is None:
+    if expected is None:
         return done
     by_input = {row.inputs[0]: row for row in reversed(done) if row.inputs}
     rows: list[ReportRow] = []
-    for entry in expected_inputs:
-        inputs = (entry,) if isinstance(entry, str) else tuple(str(u) for u in entry)
+    for inputs in expected:
         if not inputs:
             continue
         row = by_input.pop(inputs[0], None)
@@ -157,6 +167,29 @@ def rows_from_edits(
         )
     placed = {id(row) for row in rows}
     return rows + [row for row in done if id(row) not in placed]
+
+
+def _edit_outcome(result: Mapping[str, Any], archived: tuple[str, ...]) -> tuple[RowStatus, str]:
+    """A single edit's status and note, from its XCom result."""
+    from airflow_provider_nanobanana.spend.single import SKIPPED_BUDGET
+
+    if result.get("status") == SKIPPED_BUDGET:
+        return RowStatus.SKIPPED, "skipped: the spend budget did not cover it"
+    if not archived:
+        return RowStatus.FAILED, "no archived output"
+    flags = _quality_note(result.get("quality"))
+    return (RowStatus.FLAGGED, flags) if flags else (RowStatus.SUCCEEDED, "")
+
+
+def _quality_note(quality: Any) -> str:
+    """``"quality: output 0: blank"`` for the quality gate's flags (``{index: problem}``); "" if none."""
+    if not isinstance(quality, Mapping) or not quality:
+        return ""
+    return redact_text("quality: " + "; ".join(f"output {k}: {v}" for k, v in quality.items()))
+
+
+def _redacted_inputs(entry: Sequence[str] | str) -> tuple[str, ...]:
+    return (redact_url(entry),) if isinstance(entry, str) else tuple(redact_url(str(u)) for u in entry)
 
 
 def _name(uri: str) -> str:

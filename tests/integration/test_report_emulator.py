@@ -127,3 +127,36 @@ def test_a_mapped_fleet_gets_a_report_with_its_failed_task_marked(
     rows = re.findall(r"<tr class=\"(\w*)\"><td>([^<]+)</td>", html)
     assert rows == [("", "one.png"), ("", "two.png"), ("failed", "three.png")]
     assert open_as_s3_user(follow_link(monkeypatch, context["ti"])).text == html
+
+
+def test_a_fleet_report_matches_pre_signed_inputs_and_shows_budget_skips_as_skipped(
+    emulator: Any, moto_s3: Any, s3_bucket: str
+) -> None:
+    """The expand list holds a pre-signed URL (the manifest records it redacted) and one mapped task
+    was skipped by the spend budget: each row sits beside its own input, none is a false failure."""
+    s3 = moto_s3.client()
+    png = io.BytesIO()
+    Image.new("RGB", (48, 48), (10, 150, 90)).save(png, format="PNG")
+    for name in ("one", "two", "three"):
+        s3.put_object(Bucket=s3_bucket, Key=f"in/{name}.png", Body=png.getvalue(), ContentType="image/png")
+    signed = s3.generate_presigned_url("get_object", Params={"Bucket": s3_bucket, "Key": "in/one.png"})
+    inputs = [signed, f"s3://{s3_bucket}/in/two.png", f"s3://{s3_bucket}/in/three.png"]
+    emulator.configure(queue_s=0.05, run_s=0.1)
+    results: list[Any] = [
+        run_deferred(
+            edit_operator(uri, s3_bucket, num_images=1, output_s3_uri=f"s3://{s3_bucket}/out/"),
+            new_context(map_index=n),
+        )
+        for n, uri in enumerate(inputs[:2])
+    ]
+    results.append(
+        {"request_id": None, "status": "skipped_budget", "images": [], "archived": [], "manifest": None}
+    )
+    report = NanoBananaContactSheetOperator(
+        task_id="contact_sheet", results=results, inputs=inputs, output_s3_uri=f"s3://{s3_bucket}/out/"
+    ).execute(new_context(task_id="contact_sheet", map_index=-1))
+    assert report is not None
+    html = read(s3, report["html"]).decode()
+    rows = re.findall(r"<tr class=\"(\w*)\"><td>([^<]+)</td>", html)
+    assert rows == [("", "one.png"), ("", "two.png"), ("skipped", "three.png")]
+    assert "Signature=" not in html.replace("Signature=***", "")

@@ -106,3 +106,42 @@ def test_a_sample_keeps_every_failure_and_k_successes_repeatably() -> None:
     assert sum(not r.failed for r in first) == 3
     assert first == sample_rows(rows, 3, seed="run-1")
     assert [rows.index(r) for r in first] == sorted(rows.index(r) for r in first)
+
+
+def test_a_quality_flagged_batch_item_is_flagged_and_always_sampled() -> None:
+    """``on_bad_output="keep"`` archives flagged outputs: not a clean success, a reviewer must see it."""
+    entries = [
+        {"id": f"i{n}", "state": "archived", "request_id": f"r{n}", "archived": [f"s3://b/o/{n}.png"]}
+        for n in range(10)
+    ]
+    entries[4]["quality"] = {"0": "blank image"}
+    rows = rows_from_batch(entries)
+    assert rows[4].status is RowStatus.FLAGGED
+    assert rows[4].failed
+    assert rows[4].error == "quality: output 0: blank image"
+    assert [r.status for r in rows].count(RowStatus.SUCCEEDED) == 9
+    for seed in ("run-1", "run-2", "run-3"):
+        assert rows[4] in sample_rows(rows, 1, seed=seed)
+    assert rows[4] in select_rows(rows, max_rows=1).shown
+
+
+def test_a_fleet_edit_skipped_by_the_budget_is_skipped_not_failed() -> None:
+    skipped = {"request_id": None, "status": "skipped_budget", "images": [], "archived": [], "manifest": None}
+    done = {"request_id": "r1", "archived": ["s3://b/o/r1_0.png"], "manifest": "s3://b/o/r1.manifest.json"}
+    rows = rows_from_edits(
+        [done, skipped], {"r1": ["s3://b/in/one.png"]}, ["s3://b/in/one.png", "s3://b/in/two.png"]
+    )
+    assert [(r.label, r.status) for r in rows] == [
+        ("one.png", RowStatus.SUCCEEDED),
+        ("two.png", RowStatus.SKIPPED),
+    ]
+    assert "budget" in rows[1].error
+
+
+def test_a_fleet_matches_pre_signed_inputs_to_their_redacted_manifest_inputs() -> None:
+    raw = "https://b.s3.amazonaws.com/in/one.png?X-Amz-Credential=AKID&X-Amz-Signature=s3cr3t"
+    recorded = "https://b.s3.amazonaws.com/in/one.png?X-Amz-Credential=***&X-Amz-Signature=***"
+    result = {"request_id": "r1", "archived": ["s3://b/o/r1_0.png"], "manifest": "s3://b/o/r1.manifest.json"}
+    rows = rows_from_edits([result], {"r1": [recorded]}, [raw])
+    assert [(r.request_id, r.status) for r in rows] == [("r1", RowStatus.SUCCEEDED)]
+    assert "s3cr3t" not in repr(rows)
