@@ -177,7 +177,7 @@ def get_provider_info() -> dict[str, Any]:
                     "balance_url": {
                         "label": "Balance API base URL",
                         "description": "Where GET /balance answers with balance_usd (RunComfy's core API, not "
-                        "the Model API). Empty: budget pre-flights skip the balance check.",
+                        "the Model API); https unless allow_insecure_inputs. Empty: budget pre-flights skip the balance check.",
                         "schema": {"type": ["string", "null"]},
                     },
                 },
