@@ -79,3 +79,28 @@ def install_clock(monkeypatch: Any) -> Clock:
     monkeypatch.setattr(time, "time", clock.time)
     monkeypatch.setattr(time, "sleep", clock.sleep)
     return clock
+
+
+def record_async_sleeps(monkeypatch: Any, clock: Any = None) -> list[float]:
+    """Patch ``asyncio.sleep`` so the test's own coroutines sleep no time, and record what they asked.
+
+    ``asyncio.sleep`` is one global, and a server left running on another thread by an earlier test
+    (uvicorn's main loop sleeps 0.1 s at a time) would otherwise be recorded and set spinning. Only
+    calls made on the test's thread are recorded; each still yields to the loop once. With ``clock``
+    (a one-item list), each recorded sleep also moves ``clock[0]``.
+    """
+    import asyncio
+    import threading
+
+    real_sleep, test_thread, seen = asyncio.sleep, threading.get_ident(), []
+
+    async def fake_sleep(seconds: float, *args: Any, **kwargs: Any) -> Any:
+        if threading.get_ident() != test_thread:
+            return await real_sleep(seconds, *args, **kwargs)
+        seen.append(seconds)
+        if clock is not None:
+            clock[0] += seconds
+        return await real_sleep(0)
+
+    monkeypatch.setattr(asyncio, "sleep", fake_sleep)
+    return seen

@@ -12,7 +12,7 @@ from airflow_provider_nanobanana.exceptions import (
 )
 from airflow_provider_nanobanana.models import ResultResponse, StatusResponse
 from airflow_provider_nanobanana.polling import JobWatch, PollBudget, PollPolicy, hold_until, wait_for_job
-from tests.fakes import install_clock
+from tests.fakes import install_clock, record_async_sleeps
 
 
 def test_backoff_grows_to_the_cap_with_bounded_jitter():
@@ -154,16 +154,8 @@ def test_the_in_place_wait_ends_with_a_timeout_at_the_deadline(clock):
 
 
 async def test_hold_sleeps_until_the_release_time_and_not_after_it(clock, monkeypatch):
-    import asyncio
 
-    slept: list[float] = []
-    real_sleep = asyncio.sleep
-
-    async def fake_sleep(seconds):
-        slept.append(seconds)
-        await real_sleep(0)
-
-    monkeypatch.setattr("airflow_provider_nanobanana.polling.asyncio.sleep", fake_sleep)
+    slept = record_async_sleeps(monkeypatch)
     await hold_until(clock.now + 8.5)
     assert slept == [8.5]
     await hold_until(clock.now - 1)

@@ -11,6 +11,7 @@ import pytest
 import respx
 
 from airflow_provider_nanobanana.triggers.runcomfy import RunComfyJobTrigger
+from tests.fakes import record_async_sleeps
 
 BASE = "https://api.test"
 RID = "req_42"
@@ -150,16 +151,8 @@ def test_kwargs_serialized_by_0_1_0_still_build_a_trigger_and_a_newer_version_is
 @respx.mock
 async def test_the_event_is_held_until_the_release_time(monkeypatch):
     """Airflow's defer-exit race: an event that fires seconds after deferring can fail the task."""
-    import asyncio
 
-    slept: list[float] = []
-    real_sleep = asyncio.sleep
-
-    async def record(seconds):
-        slept.append(seconds)
-        await real_sleep(0)  # still yield: the connection lookup's thread must get its answer back
-
-    monkeypatch.setattr("airflow_provider_nanobanana.polling.asyncio.sleep", record)
+    slept = record_async_sleeps(monkeypatch)  # still yields: the connection lookup's thread answers
     respx.get(STATUS).mock(return_value=httpx.Response(200, json={"status": "completed"}))
     (event,) = await events_of(trigger(release_not_before_epoch_s=time.time() + 40))
     assert event["status"] == "success"

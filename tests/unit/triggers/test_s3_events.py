@@ -14,6 +14,7 @@ from botocore.credentials import Credentials
 from airflow_provider_nanobanana.events.sqs import AwsAccess, SqsError
 from airflow_provider_nanobanana.triggers import s3_events
 from airflow_provider_nanobanana.triggers.s3_events import S3NewObjectsTrigger
+from tests.fakes import record_async_sleeps
 
 ENDPOINT = "https://sqs.eu-west-1.amazonaws.com/"
 QUEUE = f"{ENDPOINT}123456789012/new-images"
@@ -72,15 +73,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 @pytest.fixture
 def sleeps(monkeypatch: pytest.MonkeyPatch, clock: list[float]) -> list[float]:
-    real_sleep, seen = asyncio.sleep, []
-
-    async def fake_sleep(seconds: float) -> None:
-        seen.append(seconds)
-        clock[0] += seconds
-        await real_sleep(0)
-
-    monkeypatch.setattr(s3_events.asyncio, "sleep", fake_sleep)
-    return seen
+    return record_async_sleeps(monkeypatch, clock)
 
 
 @pytest.fixture
