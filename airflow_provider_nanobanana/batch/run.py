@@ -21,7 +21,14 @@ from airflow_provider_nanobanana.exceptions import (
     RunComfyTransientError,
 )
 from airflow_provider_nanobanana.models import JobEvent
-from airflow_provider_nanobanana.polling import JobWatch, PollBudget, PollPolicy, shared_poll_budget
+from airflow_provider_nanobanana.polling import (
+    JobWatch,
+    PollBudget,
+    PollPolicy,
+    QueueDrain,
+    shared_poll_budget,
+    shared_queue_drain,
+)
 from airflow_provider_nanobanana.preparation import prepare_request
 
 if TYPE_CHECKING:
@@ -67,6 +74,8 @@ class BatchRun:
         self.owner = uuid.uuid4().hex
         self.policy = PollPolicy.between(trigger.poll_interval_s, trigger.poll_max_s)
         self.budget = PollBudget(trigger.rate_per_s, max_in_flight=min(64, 2 * trigger.max_in_flight))
+        #: The loop's queue model for this account, shared with the single-job triggers (set by run()).
+        self.drain: QueueDrain | None = None
         self.watches: dict[str, JobWatch] = {}
         self.next_poll: dict[str, float] = {}
         self.foreign: set[str] = set()
@@ -77,6 +86,7 @@ class BatchRun:
         self.claim_grace_s = hook.settings.submit_exchange_s + CLAIM_MARGIN_S
 
     async def run(self) -> BatchEvent:
+        self.drain = shared_queue_drain(self.t.runcomfy_conn_id)
         try:
             await self._resume()
             return await self._loop()
@@ -331,7 +341,9 @@ class BatchRun:
     # -- watching -----------------------------------------------------------------------------
     def _watch(self, item: BatchItem) -> None:
         assert item.request_id is not None
-        self.watches[item.id] = JobWatch(item.request_id, self.t.deadline_epoch_s, self.policy)
+        self.watches[item.id] = JobWatch(
+            item.request_id, self.t.deadline_epoch_s, self.policy, drain=self.drain
+        )
         self.next_poll[item.id] = time.time() + self.policy.delay(0)
 
     def _unwatch(self, item_id: str) -> None:

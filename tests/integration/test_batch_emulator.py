@@ -7,10 +7,12 @@ import json
 
 import pytest
 
+from airflow_provider_nanobanana import polling
 from airflow_provider_nanobanana._compat import TaskDeferred
 from airflow_provider_nanobanana.batch import BatchCheckpoint, ItemState
 from airflow_provider_nanobanana.exceptions import RunComfyError, RunComfyJobFailedError
 from airflow_provider_nanobanana.operators.batch import NanoBananaBatchEditOperator
+from airflow_provider_nanobanana.polling import QueueDrain
 from airflow_provider_nanobanana.triggers.batch import RunComfyBatchTrigger
 from tests.conftest import png_bytes
 from tests.fakes import new_context
@@ -339,3 +341,25 @@ def test_a_copy_resuming_between_marking_and_claiming_never_pays_twice(
     from tests.integration.test_budget_emulator import ledger_of
 
     assert ledger_of(moto_s3, s3_bucket, result).snapshot().paid_requests() == 1
+
+
+def test_the_batch_reads_the_queue_with_the_single_job_triggers_model(emulator, moto_s3, s3_bucket):
+    """Its polls feed, and are planned by, the loop's shared queue model for its connection."""
+    seed_inputs(moto_s3, s3_bucket, 12)
+    emulator.configure(queue_s=0.0, run_s=0.3, max_running=2)  # 12 in flight, 2 run: a moving queue
+    task = batch_operator(s3_bucket, max_in_flight=12)
+    with pytest.raises(TaskDeferred) as deferred:
+        task.execute(batch_context())
+    trigger = rebuilt(deferred.value.trigger)
+
+    async def scenario():
+        # The model's constants on this test's fast clock; it starts untrained.
+        drain = QueueDrain(max_wait_s=3.0, half_life_s=1.2, min_evidence_s=0.04)
+        polling._DRAINS[asyncio.get_running_loop()] = {trigger.runcomfy_conn_id: drain}
+        return await first_event(trigger), drain
+
+    event, drain = asyncio.run(scenario())
+    assert task.execute_complete(batch_context(), event)["succeeded"] == 12
+    assert drain.moved >= drain.min_moved  # positions the batch's queued jobs were seen to move
+    assert drain.spent_s > 0
+    assert drain.run_s is not None  # and its completed jobs' run times
