@@ -51,6 +51,7 @@ from airflow_provider_nanobanana.media.multipart import archived_sha256, upload_
 from airflow_provider_nanobanana.media.results import ArchivedOutput, ArchiveResult, MissingOutput
 from airflow_provider_nanobanana.media.retry import call_with_retries
 from airflow_provider_nanobanana.redaction import redact_httpx_logs, redact_url
+from airflow_provider_nanobanana.tls import verified_context
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -145,6 +146,7 @@ class OutputArchiver:
         redact_httpx_logs()
         return httpx.Client(
             timeout=httpx.Timeout(self.http_timeout_s),
+            verify=verified_context(),
             follow_redirects=False,
             headers={
                 "User-Agent": f"airflow-provider-nanobanana/{__version__}",

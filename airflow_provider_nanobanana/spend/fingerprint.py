@@ -29,6 +29,7 @@ from airflow_provider_nanobanana.bodies import ACCEPT_ENCODING, BodyRefused, Bou
 from airflow_provider_nanobanana.exceptions import InvalidEditRequestError
 from airflow_provider_nanobanana.media.keys import parse_s3_uri
 from airflow_provider_nanobanana.redaction import redact_httpx_logs, redact_url
+from airflow_provider_nanobanana.tls import verified_context
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -110,6 +111,7 @@ class InputHasher:
         redact_httpx_logs()
         return httpx.Client(
             timeout=httpx.Timeout(self.timeout_s),
+            verify=verified_context(),
             follow_redirects=True,
             max_redirects=MAX_REDIRECTS,
             headers={
