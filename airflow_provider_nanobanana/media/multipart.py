@@ -100,7 +100,7 @@ def upload_stream(
     """
     sha = hashlib.sha256()
     size = 0
-    buffer = bytearray()
+    buffer = _PartBuffer()
     upload: MultipartUpload | None = None
     try:
         for chunk in chunks:
@@ -108,27 +108,26 @@ def upload_stream(
             size += len(chunk)
             if size > max_bytes:
                 raise OutputFailure(f"output is larger than max_output_bytes={max_bytes:,}", transient=False)
-            buffer += chunk
-            if len(buffer) >= part_size:
+            buffer.add(chunk)
+            if buffer.size >= part_size:
                 if upload is None:
                     upload = MultipartUpload.start(client, bucket, key, content_type, metadata)
-                upload.add_part(bytes(buffer))
-                buffer.clear()
+                upload.add_part(buffer.take())
         digest = sha.digest()
         if upload is None:
             expected = b64_digest(digest)
             response = client.put_object(
                 Bucket=bucket,
                 Key=key,
-                Body=bytes(buffer),
+                Body=buffer.take(),
                 ContentType=content_type,
                 Metadata={**metadata, META_SHA256: digest.hex()},
                 ChecksumAlgorithm=CHECKSUM_ALGORITHM,
                 ChecksumSHA256=expected,
             )
         else:
-            if buffer:
-                upload.add_part(bytes(buffer))
+            if buffer.size:
+                upload.add_part(buffer.take())
             response_checksum = upload.complete()
             expected = upload.expected_checksum
             upload = None  # completed: nothing left to abort
@@ -151,6 +150,23 @@ def _checked(
     return Uploaded(size=size, sha256=digest.hex(), checksum_sha256=expected)
 
 
+class _PartBuffer:
+    """The chunks of the part being read, joined once when the part is full (one copy, not two)."""
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+        self.size = 0
+
+    def add(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+        self.size += len(chunk)
+
+    def take(self) -> bytes:
+        body = b"".join(self._chunks)
+        self._chunks, self.size = [], 0
+        return body
+
+
 @dataclass
 class MultipartUpload:
     """One multipart upload with a SHA-256 checksum per part, uploading one part in the background."""
@@ -168,7 +184,11 @@ class MultipartUpload:
     def start(
         cls, client: S3Client, bucket: str, key: str, content_type: str, metadata: Mapping[str, str]
     ) -> MultipartUpload:
-        abort_stale_uploads(client, bucket, key)
+        """Create the upload; an interrupted run's leftovers at this key are aborted in the background.
+
+        That clean-up is a LIST (and rarely an abort) which only matters after a failure, so it runs on
+        the part thread while the next part is read, never aborting this upload.
+        """
         response = client.create_multipart_upload(
             Bucket=bucket,
             Key=key,
@@ -176,21 +196,27 @@ class MultipartUpload:
             Metadata=dict(metadata),
             ChecksumAlgorithm=CHECKSUM_ALGORITHM,
         )
-        return cls(client, bucket, key, response["UploadId"])
+        upload = cls(client, bucket, key, response["UploadId"])
+        upload._pending = upload._pool.submit(abort_stale_uploads, client, bucket, key, upload.upload_id)
+        return upload
 
     @property
     def expected_checksum(self) -> str:
         return composite_checksum(self.part_digests)
 
     def add_part(self, body: bytes) -> None:
-        """Queue ``body`` as the next part, once the previous part is in (so at most one is in flight)."""
-        self._wait()
-        number = len(self.part_digests) + 1
-        digest = hashlib.sha256(body).digest()
-        self.part_digests.append(digest)
-        self._pending = self._pool.submit(self._send, number, body, b64_digest(digest))
+        """Queue ``body`` as the next part, once the previous part is in (so at most one is in flight).
 
-    def _send(self, number: int, body: bytes, checksum: str) -> None:
+        The part's SHA-256 is computed on the part thread too: hashlib releases the GIL, so it runs
+        beside the whole-output hash and the read of the next part instead of after them.
+        """
+        self._wait()
+        self._pending = self._pool.submit(self._send, len(self.part_digests) + 1, body)
+
+    def _send(self, number: int, body: bytes) -> None:
+        digest = hashlib.sha256(body).digest()
+        self.part_digests.append(digest)  # parts are sent one at a time, in order
+        checksum = b64_digest(digest)
         response = self.client.upload_part(
             Bucket=self.bucket,
             Key=self.key,
@@ -246,15 +272,15 @@ class MultipartUpload:
             )
 
 
-def abort_stale_uploads(client: S3Client, bucket: str, key: str) -> None:
-    """Abort unfinished uploads an earlier, interrupted run left at this exact key.
+def abort_stale_uploads(client: S3Client, bucket: str, key: str, current_upload_id: str) -> None:
+    """Abort unfinished uploads an earlier, interrupted run left at this exact key, except ``current_upload_id``.
 
     Keys are deterministic per request and output, so such uploads are ours: when S3 was down
     mid-upload the earlier abort could not be sent, and the rerun is the first chance to clean up.
     """
     response = client.list_multipart_uploads(Bucket=bucket, Prefix=key)
     for upload in response.get("Uploads", []):
-        if upload.get("Key") == key:
+        if upload.get("Key") == key and upload.get("UploadId") != current_upload_id:
             client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload["UploadId"])
             log.info("Aborted a stale multipart upload of %s left by an interrupted run", s3_uri(bucket, key))
 
