@@ -7,7 +7,8 @@ memory, no temp files; see ``multipart.py``). The rules:
   without the API token: the output list comes from a remote JSON document and must not steer the
   worker elsewhere.
 * An object counts as archived only when its metadata carries the request id, the output index **and**
-  the sha256 of its bytes. A rerun therefore skips exactly the complete outputs, without fetching them.
+  the sha256 of its bytes. A rerun therefore skips exactly the complete outputs without reading them,
+  even when their URLs have expired.
 * Transient failures are retried a bounded number of times per output (``retry.py``). Whatever still
   fails is reported together in one :class:`OutputsNotArchivedError`; outputs that made it stay
   archived. The manifest is written last, only when every output is in, so its presence means the
@@ -20,11 +21,12 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -159,43 +161,45 @@ class OutputArchiver:
     ) -> tuple[list[ArchivedOutput], list[MissingOutput]]:
         archived: list[ArchivedOutput] = []
         missing: list[MissingOutput] = []
-        with self.http_client() as http:
+        with self.http_client() as http, ThreadPoolExecutor(1, "nanobanana-exists") as lookups:
             for index, url in enumerate(job.output_urls):
+                one = partial(self._archive_one, job, http, lookups, index, quality)
                 try:
-                    archived.append(
-                        self._retry(partial(self._archive_one, job, http, index, quality), f"output {index}")
-                    )
+                    archived.append(self._retry(one, f"output {index}"))
                 except OutputFailure as failure:
                     log.error("Output %d (%s) not archived: %s", index, redact_url(url), failure.reason)
                     missing.append(MissingOutput(index, redact_url(url), failure.reason, failure.transient))
         return archived, missing
 
     def _archive_one(
-        self, job: ArchiveJob, http: httpx.Client, index: int, quality: QualityGate | None = None
+        self,
+        job: ArchiveJob,
+        http: httpx.Client,
+        lookups: ThreadPoolExecutor,
+        index: int,
+        quality: QualityGate | None = None,
     ) -> ArchivedOutput:
-        """Skip the output if an earlier run archived it completely; otherwise stream it into S3."""
+        """Skip the output if an earlier run archived it completely; otherwise stream it into S3.
+
+        The existence check (a LIST) runs while the GET is being answered, not before it: it is one
+        round trip off every archive's critical path. Its answer still comes first: an output an
+        earlier run archived is skipped even when its URL has expired or its host is down (the GET's
+        error is then ignored), and its body is never read.
+        """
         t0 = time.monotonic()
         url = job.output_urls[index]
         client = self._client()
-        existing = _existing_objects(client, job.bucket, job.candidate_keys(index))
-        done = existing.complete_for(job.request_id, index)
-        if done is not None:
-            key, head = done
-            log.info(
-                "Output %d already archived at %s; not fetching it again", index, s3_uri(job.bucket, key)
-            )
-            return ArchivedOutput(
-                index=index,
-                source_url=redact_url(url),
-                s3_uri=s3_uri(job.bucket, key),
-                key=key,
-                size_bytes=int(head.get("ContentLength", 0)),
-                sha256=archived_sha256(client, job.bucket, key, head),
-                content_type=str(head.get("ContentType") or ""),
-                checksum_sha256=str(head.get("ChecksumSHA256") or ""),
-                reused=True,
-            )
-        with self._open_output(http, url) as response:
+        looking = lookups.submit(_existing_objects, client, job.bucket, job.candidate_keys(index))
+        with ExitStack() as stack:
+            try:
+                response = stack.enter_context(self._open_output(http, url))
+            except Exception:
+                if (done := looking.result().complete_for(job.request_id, index)) is not None:
+                    return _already_archived(client, job, index, done)
+                raise
+            existing = looking.result()
+            if (done := existing.complete_for(job.request_id, index)) is not None:
+                return _already_archived(client, job, index, done)  # the response closes unread
             declared_size = int(response.headers.get("content-length") or 0)
             if declared_size > self.max_output_bytes:
                 limit = self.max_output_bytes
@@ -302,6 +306,24 @@ class OutputArchiver:
                 f"manifest {where} could not be written: {failure.reason}"
             ) from None
         log.info("Wrote manifest %s", where)
+
+
+def _already_archived(
+    client: S3Client, job: ArchiveJob, index: int, done: tuple[str, Mapping[str, Any]]
+) -> ArchivedOutput:
+    key, head = done
+    log.info("Output %d already archived at %s; not fetching it again", index, s3_uri(job.bucket, key))
+    return ArchivedOutput(
+        index=index,
+        source_url=redact_url(job.output_urls[index]),
+        s3_uri=s3_uri(job.bucket, key),
+        key=key,
+        size_bytes=int(head.get("ContentLength", 0)),
+        sha256=archived_sha256(client, job.bucket, key, head),
+        content_type=str(head.get("ContentType") or ""),
+        checksum_sha256=str(head.get("ChecksumSHA256") or ""),
+        reused=True,
+    )
 
 
 def _existing_objects(client: S3Client, bucket: str, candidates: set[str]) -> ExistingObjects:
