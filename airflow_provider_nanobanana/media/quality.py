@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
 
+from airflow_provider_nanobanana.choices import parse_choice
 from airflow_provider_nanobanana.exceptions import RunComfyJobFailedError
 
 if TYPE_CHECKING:
@@ -77,11 +78,7 @@ class OnBadOutput(str, Enum):
 
     @classmethod
     def parse(cls, value: object) -> OnBadOutput:
-        try:
-            return cls(value.value if isinstance(value, Enum) else value)
-        except ValueError:
-            allowed = ", ".join(repr(m.value) for m in cls)
-            raise ValueError(f"on_bad_output must be one of {allowed}, got {value!r}") from None
+        return parse_choice(cls, value, "on_bad_output")
 
 
 def check_max_resubmits(value: object) -> int:

@@ -36,6 +36,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from airflow_provider_nanobanana.batch.checkpoint import BatchCheckpoint, is_conflict, put_json
+from airflow_provider_nanobanana.choices import parse_choice
 from airflow_provider_nanobanana.exceptions import BudgetExceededError, RunComfyError
 
 #: Conditional writes retried when other writers keep winning (each retry re-reads the ledger).
@@ -58,11 +59,7 @@ class OnBudgetExhausted(str, Enum):
 
     @classmethod
     def parse(cls, value: object) -> OnBudgetExhausted:
-        try:
-            return cls(value.value if isinstance(value, Enum) else value)
-        except ValueError:
-            allowed = ", ".join(repr(m.value) for m in cls)
-            raise ValueError(f"on_budget_exhausted must be one of {allowed}, got {value!r}") from None
+        return parse_choice(cls, value, "on_budget_exhausted")
 
 
 @dataclass(frozen=True)
