@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -31,15 +30,6 @@ def fp(**changes: Any) -> str:
     base: dict[str, Any] = {"model_id": "google/nano-banana-2/edit", "parameters": PARAMS, "prompt": "p"}
     base["input_sha256"] = [A, B]
     return fingerprint(**{**base, **changes})
-
-
-@pytest.fixture
-def files() -> Iterator[FileServer]:
-    server = FileServer()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def test_the_fingerprint_is_versioned_and_independent_of_key_order() -> None:

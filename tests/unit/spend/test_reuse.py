@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -12,23 +11,9 @@ import pytest
 from airflow_provider_nanobanana.media import S3MediaHook
 from airflow_provider_nanobanana.media.results import ArchiveResult
 from airflow_provider_nanobanana.spend.reuse import ReuseIndex
-from tests.unit.media.support import FIELDS, PNG, REQUEST_ID, FileServer, Route, archive, make_hook
+from tests.unit.media.support import FIELDS, PNG, REQUEST_ID, FileServer, Route, archive
 
 FP = "v1:" + "ab" * 32
-
-
-@pytest.fixture
-def files() -> Iterator[FileServer]:
-    server = FileServer()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-@pytest.fixture
-def hook(moto_s3: Any) -> S3MediaHook:
-    return make_hook(moto_s3.endpoint_url)
 
 
 def archived(hook: S3MediaHook, files: FileServer, bucket: str) -> ArchiveResult:

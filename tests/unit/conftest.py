@@ -1,3 +1,5 @@
+"""Fixtures shared by the unit tests of more than one package (media, spend)."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -11,6 +13,7 @@ from tests.unit.media.support import FileServer, make_hook
 
 @pytest.fixture
 def files() -> Iterator[FileServer]:
+    """A file host on loopback whose routes each test sets (``files.serve``)."""
     server = FileServer()
     try:
         yield server
@@ -20,4 +23,5 @@ def files() -> Iterator[FileServer]:
 
 @pytest.fixture
 def hook(moto_s3: Any) -> S3MediaHook:
+    """The S3 media hook on the moto server (test modules with a hook of their own override it)."""
     return make_hook(moto_s3.endpoint_url)
