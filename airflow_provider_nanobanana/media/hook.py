@@ -43,6 +43,10 @@ GiB = 1024 * MiB
 S3_MIN_PART_BYTES = 5 * MiB
 S3_MAX_PARTS = 10_000
 S3_MAX_COPY_BYTES = 5 * GiB
+#: Up to this size an output is one ``PutObject``; above, the size of each part. Two are in memory at
+#: most. 16 MiB rather than boto3's 8: most edits (up to 4K PNGs) go up in one request, and a large
+#: one in half the parts, each request being a fixed cost (docs/benchmarks.md, section 4).
+DEFAULT_PART_BYTES = 16 * MiB
 #: SigV4 pre-signed URLs are valid for at most seven days.
 
 
@@ -78,7 +82,7 @@ class S3MediaHook:
         presign_expiry_s: int = 6 * 3600,
         allowed_output_hosts: Iterable[str] = (),
         http_timeout_s: float = 60.0,
-        part_size_bytes: int = 8 * MiB,
+        part_size_bytes: int = DEFAULT_PART_BYTES,
         max_output_bytes: int = 2 * GiB,
         max_input_bytes: int = MAX_INPUT_IMAGE_BYTES,
         max_attempts: int = 3,

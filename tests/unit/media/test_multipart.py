@@ -31,7 +31,8 @@ def test_multipart_output_carries_s3_sha256_checksums_without_a_copy(
 ) -> None:
     """Each part and the object get S3's SHA-256 checksum; the archive is one GET and one upload."""
     block = os.urandom(MiB)
-    total = 20 * MiB  # more than two 8 MiB parts
+    part = hook.part_size_bytes
+    total = 2 * part + 4 * MiB  # two whole parts and a short last one
     body = b"".join(big_body(total, block))
     url = files.serve("/big.png", Route(body=lambda: big_body(total, block), length=total, content_type=None))
     creates = count_calls(hook, "CreateMultipartUpload")
@@ -40,7 +41,7 @@ def test_multipart_output_carries_s3_sha256_checksums_without_a_copy(
 
     result = archive(hook, [url], s3_bucket)
 
-    part_digests = [hashlib.sha256(body[i : i + 8 * MiB]).digest() for i in range(0, total, 8 * MiB)]
+    part_digests = [hashlib.sha256(body[i : i + part]).digest() for i in range(0, total, part)]
     client = moto_s3.client()
     head = client.head_object(Bucket=s3_bucket, Key=result.outputs[0].key, ChecksumMode="ENABLED")
     assert len(creates) == 1
@@ -76,7 +77,7 @@ def test_a_rerun_recognises_a_multipart_output_without_reading_or_uploading_it(
     hook: S3MediaHook, moto_s3: Any, s3_bucket: str, files: FileServer
 ) -> None:
     """Idempotency rests on S3's checksum now: the rerun skips the output and still reports its sha256."""
-    total = 12 * MiB
+    total = hook.part_size_bytes + 4 * MiB  # multipart
     block = os.urandom(MiB)
     url = files.serve("/big.png", Route(body=lambda: big_body(total, block), length=total))
     first = archive(hook, [url], s3_bucket)
@@ -139,10 +140,10 @@ def test_interrupted_download_aborts_the_multipart_upload(
     hook: S3MediaHook, moto_s3: Any, s3_bucket: str, files: FileServer
 ) -> None:
     block = os.urandom(MiB)
-    total = 30 * MiB
+    total, cut = 3 * hook.part_size_bytes, hook.part_size_bytes + 4 * MiB  # cut after the first part
     url = files.serve(
         "/cut.png",
-        Route(body=lambda: big_body(total, block), length=total, drop_after=12 * MiB, content_type=None),
+        Route(body=lambda: big_body(total, block), length=total, drop_after=cut, content_type=None),
     )
     creates = count_calls(hook, "CreateMultipartUpload")
     aborts = count_calls(hook, "AbortMultipartUpload")
@@ -168,7 +169,7 @@ def test_a_rerun_aborts_uploads_an_unreachable_s3_left_behind(
     key = f"{RUN_DIR}/{REQUEST_ID}_0.png"
     client.create_multipart_upload(Bucket=s3_bucket, Key=key)  # the interrupted run's leftover
     client.create_multipart_upload(Bucket=s3_bucket, Key=f"{key}.other")  # someone else's: kept
-    total = 20 * MiB
+    total = hook.part_size_bytes + 4 * MiB  # multipart
     url = files.serve("/big.png", Route(body=lambda: big_body(total, os.urandom(MiB)), length=total))
     archive(hook, [url], s3_bucket)
     left = [u["Key"] for u in client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", [])]
