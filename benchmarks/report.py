@@ -115,20 +115,22 @@ def archive_section(res: dict[str, Any], command: str) -> list[str]:
         "median warm wall time is shown. Each child copies the output twice and the second (warm) copy is "
         "compared: the first pays one-time costs (boto3 loading operation models, lazy imports) and is shown "
         "apart. Wall time is the copy alone, after imports and client creation: for ours "
-        "the existence check (LIST), the streamed GET, the upload (one `PutObject` up to 8 MiB, else a "
-        "multipart upload whose parts go up in a background thread while the next is read), S3 SHA-256 "
-        "checksums on every part, and the manifest; no `CopyObject`. Naive: `requests.get().content` then one "
-        "`put_object`, nothing else.",
+        "the existence check (a LIST, sent beside the GET), the streamed GET, the upload (one `PutObject` up "
+        "to 16 MiB, else a multipart upload whose parts go up in a background thread while the next is "
+        "read), S3 SHA-256 checksums on every part, and the manifest; no `CopyObject`. Naive: "
+        "`requests.get().content` then one `put_object`, nothing else.",
         "",
         table(rows, cols),
         "",
-        "What each side sends: ours, up to 8 MiB, a LIST (is it archived already?), the GET and one "
-        "`PutObject`, then the manifest `PutObject`; above 8 MiB a `ListMultipartUploads` (leftovers of "
-        "an interrupted run), `CreateMultipartUpload`, one `UploadPart` per 8 MiB and "
-        "`CompleteMultipartUpload` instead of the one `PutObject`. Naive: the GET and one `PutObject`, "
-        "holding the whole output in memory. moto handles every request in Python and re-assembles a "
-        "multipart object in memory, so on moto each extra request and each part costs more than on S3; "
-        "a speed ratio under 1 here is that cost, the price of idempotency, integrity checks and flat "
+        "What each side sends: ours, up to 16 MiB, a LIST (is it archived already? it runs while the GET "
+        "is answered), the GET and one `PutObject`, then the manifest `PutObject`; above 16 MiB "
+        "`CreateMultipartUpload`, one `UploadPart` per 16 MiB, a `ListMultipartUploads` for an interrupted "
+        "run's leftovers (on the part thread) and `CompleteMultipartUpload` instead of the one `PutObject`. "
+        "Naive: the GET and one `PutObject`, holding the whole output in memory. At 1 MB the copy is a "
+        "few round trips on loopback, so the manifest `PutObject` (written last: its presence means the "
+        "archive is complete) is a large share of ours; moto handles every request in Python and "
+        "re-assembles a multipart object in memory, so each extra request and each part costs more here "
+        "than on S3. A speed ratio under 1 is that cost: the price of idempotency, integrity checks and flat "
         "memory on this emulated S3.",
         "",
     ]
