@@ -327,16 +327,27 @@ def _already_archived(
 
 
 def _existing_objects(client: S3Client, bucket: str, candidates: set[str]) -> ExistingObjects:
-    """HEAD whichever candidate keys exist, found with one LIST over their common prefix."""
+    """HEAD whichever candidate keys exist, found with one LIST over their common prefix.
+
+    Pages are followed by hand rather than with ``get_paginator``: a worker builds a new client per
+    task, and loading the paginator model is a cost the one-page answer almost always here does not need.
+    """
     found = ExistingObjects()
-    paginator = client.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=bucket, Prefix=common_prefix(candidates)):
+    prefix, token = common_prefix(candidates), ""
+    while True:
+        page = (
+            client.list_objects_v2(Bucket=bucket, Prefix=prefix, ContinuationToken=token)
+            if token
+            else client.list_objects_v2(Bucket=bucket, Prefix=prefix)
+        )
         for item in page.get("Contents", []):
             if item["Key"] in candidates:
                 found.heads[item["Key"]] = client.head_object(
                     Bucket=bucket, Key=item["Key"], ChecksumMode="ENABLED"
                 )
-    return found
+        token = page.get("NextContinuationToken", "") if page.get("IsTruncated") else ""
+        if not token:
+            return found
 
 
 def _inspected(

@@ -422,3 +422,28 @@ def test_large_output_is_streamed_with_bounded_memory(
     assert head["ContentLength"] == total
     assert same_checksum(head["ChecksumSHA256"], report["output"]["checksum_sha256"])
     assert files.requests["/huge.png"] == 1
+
+
+def test_the_existence_check_follows_every_page_of_the_listing() -> None:
+    """A prefix shared with more than a page of other objects: a candidate on page two is still found."""
+    from airflow_provider_nanobanana.media.archiver import _existing_objects
+
+    key = f"{RUN_DIR}/{REQUEST_ID}_0.png"
+    pages = {
+        "": {"Contents": [{"Key": f"{RUN_DIR}/other"}], "IsTruncated": True, "NextContinuationToken": "t2"},
+        "t2": {"Contents": [{"Key": key}], "IsTruncated": False},
+    }
+    calls: list[str] = []
+
+    class Client:
+        def list_objects_v2(self, *, Bucket: str, Prefix: str, ContinuationToken: str = "") -> Any:
+            calls.append(ContinuationToken)
+            return pages[ContinuationToken]
+
+        def head_object(self, *, Bucket: str, Key: str, ChecksumMode: str) -> Any:
+            return {"Key": Key}
+
+    found = _existing_objects(Client(), "b", {key})  # type: ignore[arg-type]
+
+    assert calls == ["", "t2"]
+    assert set(found.heads) == {key}
