@@ -363,8 +363,9 @@ def render(
     for name, section in SECTIONS.items():
         if name in results:
             res = results[name]
-            if "error" in res and len(res) == 1:
-                lines += [f"## {name}", "", f"`{command}`", "", f"error: {res['error']}", ""]
+            measured_by = str(res.get("measured_by") or command)
+            if set(res) <= {"error", "measured_by"}:
+                lines += [f"## {name}", "", f"`{measured_by}`", "", f"error: {res['error']}", ""]
             else:
-                lines += section(res, command)
+                lines += section(res, measured_by)
     return "\n".join(lines)

@@ -305,13 +305,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, bench in BENCHES.items():
         if (args.only and name not in args.only) or name in args.skip:
             if name in earlier:
-                results[name] = earlier[name]
+                # Each section keeps the command that measured it, however many reuses later.
+                results[name] = {"measured_by": earlier_run.get("command"), **earlier[name]}
                 saved["reused"].append(name)
             continue
         print(f"== {name}", flush=True)
         started = time.monotonic()
         try:
-            results[name] = bench(plan)
+            results[name] = {**bench(plan), "measured_by": command}
         except Exception as exc:  # noqa: BLE001 - one broken benchmark must not hide the others
             results[name] = {"error": f"{type(exc).__name__}: {exc}"}
         print(f"   {name} took {time.monotonic() - started:.0f}s", flush=True)
