@@ -208,7 +208,7 @@ def targets(res: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
             "Airflow's supervisor streams the new triggers' workloads to the runner, as they do for the "
             "baseline. Airflow's watchdog cannot say whose code held the loop, so none of them can be pinned "
             "on provider code, nor cleared of it. The provider logs a line only when a job's state changes "
-            "(the trigger logs of this run hold 3 lines per trigger, Airflow's own included)."
+            "(a sampled trigger log of this run holds 3 lines, Airflow's own included)."
         )
     if td is not None and _num(td.get("peak_pss_mb")):
         ratio = big["peak_pss_mb"] / td["peak_pss_mb"]
@@ -317,8 +317,9 @@ def _latency_why(res: dict[str, Any], big: dict[str, Any], p99: float) -> str:
             f"after the jobs were let run ({events_per_s:.0f} events/s, the supervisor at "
             f"{big.get('cpu_supervisor_s')} CPU s against the runner's {big.get('cpu_runner_s')}). With completions "
             f"spread over {spread:g} s and released in that line, even a poll at the very moment each job ends "
-            f"gives a p99 of about 0.99 x (N / {events_per_s:.0f} - {spread:g}) = {floor:.0f} s. A triggerer "
-            "on PostgreSQL commits faster; several triggerers (section on HA in docs/trigger.md) split the line."
+            f"gives a p99 of about 0.99 x (N / {events_per_s:.0f} - {spread:g}) = {floor:.0f} s. The levers are "
+            "Airflow's, and not measured here: a metadata DB without SQLite's one writer, or several "
+            "triggerers (docs/trigger.md, Several triggerers) splitting the line."
         )
     return text
 
