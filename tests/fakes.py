@@ -104,3 +104,13 @@ def record_async_sleeps(monkeypatch: Any, clock: Any = None) -> list[float]:
 
     monkeypatch.setattr(asyncio, "sleep", fake_sleep)
     return seen
+
+
+def fresh_interpreter_prints(code: str) -> str:
+    """The last line ``code`` prints in a new Python process: what importing something there loads,
+    free of the modules this test process already holds."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return out.stdout.strip().splitlines()[-1]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
 import pytest
 
@@ -12,6 +10,7 @@ import airflow_provider_nanobanana.media as media
 import airflow_provider_nanobanana.report as report
 from airflow_provider_nanobanana.media.hook import S3MediaHook
 from airflow_provider_nanobanana.report.link import ContactSheetLink
+from tests.fakes import fresh_interpreter_prints
 
 
 def test_names_resolve_to_the_objects_of_their_home_module() -> None:
@@ -33,5 +32,4 @@ def test_importing_a_pure_rule_loads_neither_boto3_nor_pillow() -> None:
         "import airflow_provider_nanobanana.report; "
         "print(sorted(m for m in ('boto3', 'PIL.Image') if m in sys.modules))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert fresh_interpreter_prints(code) == "[]"

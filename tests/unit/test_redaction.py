@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import subprocess
-import sys
 from collections.abc import Callable
 
 import pytest
@@ -22,6 +20,7 @@ from airflow_provider_nanobanana.redaction import (
     redact_url,
     secret_values,
 )
+from tests.fakes import fresh_interpreter_prints
 
 SECRET = "s3cr3t-VALUE-0123456789"
 
@@ -209,14 +208,12 @@ def test_importing_the_package_installs_no_log_filter() -> None:
         "airflow_provider_nanobanana.media.hook, airflow_provider_nanobanana.media.archiver; "
         "print(len(logging.getLogger('httpx').filters))"
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert out.stdout.strip().splitlines()[-1] == "0"
+    assert fresh_interpreter_prints(script) == "0"
 
 
 def test_redaction_is_pure_python_the_emulator_can_import_without_airflow() -> None:
     script = "import sys, airflow_provider_nanobanana.redaction; print('airflow' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert out.stdout.strip().splitlines()[-1] == "False"
+    assert fresh_interpreter_prints(script) == "False"
 
 
 def test_httpx_filter_is_installed_once(caplog: pytest.LogCaptureFixture) -> None:

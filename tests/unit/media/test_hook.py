@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from typing import Any
 
@@ -10,6 +9,7 @@ import httpx
 import pytest
 
 from airflow_provider_nanobanana.media import S3MediaHook, parse_s3_uri
+from tests.fakes import fresh_interpreter_prints
 from tests.unit.media.support import PNG, MiB
 
 
@@ -80,5 +80,4 @@ def test_public_names_and_a_cheap_import_of_the_pure_rules() -> None:
         "print(sorted(m for m in ('airflow_provider_nanobanana.media.hook', 'botocore.config', 'boto3') "
         "if m in sys.modules))"
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert fresh_interpreter_prints(script) == "[]"
