@@ -76,6 +76,10 @@ class PollPolicy:
 #: A queued job far from the head sleeps this share of its predicted wait: a queue that speeds up
 #: then costs one more poll, not a late verdict.
 QUEUE_LEAD = 0.9
+#: A queued job sleeps at most this many times as long as the model has watched the queue move: a
+#: rate learnt in the first seconds of a burst (every slot busy, none yet free) can be a fraction of
+#: the steady one, and extrapolating it ten times further than it was seen is where deep jobs overslept.
+HORIZON_FACTOR = 2.0
 #: A job is next looked at after this share of its expected run time: runs vary, and a look that
 #: comes too early costs one poll while one that comes too late costs latency.
 RUN_AIM = 0.95
@@ -105,6 +109,7 @@ class QueueDrain:
     spent_s: float = 0.0
     run_s: float | None = None
     _updated_s: float | None = None
+    _watched_since_s: float | None = None  # start of the current stretch of evidence
 
     def _decay(self, now: float) -> float:
         if self._updated_s is None:
@@ -116,6 +121,8 @@ class QueueDrain:
         if seconds <= 0:
             return
         k = self._decay(now)
+        if self._watched_since_s is None or self.spent_s * k < self.min_evidence_s:
+            self._watched_since_s = now - seconds  # fresh evidence, or the old has faded: start over
         self.moved = self.moved * k + max(0, moved)
         self.spent_s = self.spent_s * k + seconds
         self._updated_s = now
@@ -127,6 +134,11 @@ class QueueDrain:
         if self.spent_s * k < self.min_evidence_s or self.moved * k < self.min_moved:
             return None
         return (self.moved * k + 1.0) / (self.spent_s * k)
+
+    def horizon_s(self, now: float) -> float:
+        """How far ahead a queued job may plan: :data:`HORIZON_FACTOR` times the watched stretch."""
+        since = now if self._watched_since_s is None else self._watched_since_s
+        return HORIZON_FACTOR * (now - since)
 
     def observe_run(self, seconds: float) -> None:
         if seconds > 0:
@@ -165,6 +177,7 @@ class JobWatch:
     _queued_seen: tuple[float, int | None] | None = None  # (when, position) of the last in_queue answer
     _started: tuple[float, float] | None = None  # (estimated start, half the uncertainty)
     _running_seen_s: float | None = None  # the last in_progress answer
+    _due_s: float | None = None  # when the queue model, at the last in_queue answer, expected a start
 
     def remaining_s(self, now: float | None = None) -> float:
         return self.deadline_epoch_s - (time.time() if now is None else now)
@@ -198,13 +211,19 @@ class JobWatch:
             if rate is None:
                 return None
             starts_in = max(0, self.queue_position - 1) / rate
-            if starts_in > self.policy.max_s:  # far from the head: approach it
-                return min(drain.max_wait_s, QUEUE_LEAD * starts_in)
+            if starts_in > self.policy.max_s:  # far from the head: approach it, no further than seen
+                return min(
+                    drain.max_wait_s, QUEUE_LEAD * starts_in, max(self.policy.max_s, drain.horizon_s(now))
+                )
             if drain.run_s is None:  # near the head, run time unknown: see it start, and learn it
                 return max(self.policy.initial_s, starts_in)
             return max(self.policy.initial_s, starts_in + RUN_AIM * drain.run_s)
         if self.state is JobState.IN_PROGRESS and self._started is not None and drain.run_s is not None:
-            ends_in = self._started[0] + RUN_AIM * drain.run_s - now
+            start, err = self._started
+            if self._due_s is not None and err > self.policy.initial_s:
+                # Seen queued long ago: the queue model's guess beats the middle of the gap.
+                start = min(max(self._due_s, start - err), start + err)
+            ends_in = start + RUN_AIM * drain.run_s - now
             if ends_in > self.policy.initial_s:
                 return ends_in
         return None
@@ -266,6 +285,9 @@ class JobWatch:
             if drain is not None and seen is not None and None not in (seen[1], status.queue_position):
                 drain.observe_queue(int(seen[1] or 0) - int(status.queue_position or 0), now - seen[0], now)
             self._queued_seen = (now, status.queue_position)
+            position = status.queue_position
+            rate = None if drain is None or position is None else drain.rate_per_s(now)
+            self._due_s = None if rate is None or position is None else now + max(0, position - 1) / rate
             return
         queued_until = self._queued_seen[0] if self._queued_seen else None
         if state is JobState.IN_PROGRESS:

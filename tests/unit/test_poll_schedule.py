@@ -6,12 +6,15 @@ Every time here is a ``now`` handed to the watch, or the patched ``time.time``; 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import math
 
 import pytest
 
 from airflow_provider_nanobanana.exceptions import RunComfyRateLimitedError
 from airflow_provider_nanobanana.models import StatusResponse
 from airflow_provider_nanobanana.polling import (
+    HORIZON_FACTOR,
     QUEUE_LEAD,
     RUN_AIM,
     JobWatch,
@@ -115,6 +118,58 @@ def test_the_predicted_sleep_is_capped():
     assert watch.next_delay(1000.0) == 60.0
 
 
+def test_a_rate_seen_briefly_plans_no_further_than_twice_the_stretch_watched():
+    drain = QueueDrain()
+    drain.observe_queue(5, 10.0, 1010.0)  # 0.6/s, but only 10 s of it
+    watch = watch_for(drain)
+    watch.on_status(status("in_queue", 401), 1010.0)  # predicted start in ~650 s
+    assert watch.next_delay(1010.0) == POLICY.max_s  # 2 x 10 s is under backoff's cap: that cap
+    watch.on_status(status("in_queue", 311), 1100.0)  # 100 s watched, now ~1/s: start in ~320 s
+    assert watch.next_delay(1100.0) == pytest.approx(HORIZON_FACTOR * 100.0)
+
+
+def test_evidence_that_faded_starts_a_new_stretch():
+    drain = QueueDrain(half_life_s=60.0)
+    drain.observe_queue(600, 600.0, 600.0)
+    drain.observe_queue(40, 20.0, 4200.0)  # an hour later: the old evidence is ~2**-60 of itself
+    assert drain.horizon_s(4200.0) == pytest.approx(HORIZON_FACTOR * 20.0)
+
+
+def _burst_latencies(jobs: int, stall_s: float, rate: float, run_s: float) -> list[float]:
+    """Detection latency of ``jobs`` watches sharing one drain, on a virtual clock: a queue that
+    stands still for ``stall_s`` (every slot busy with work submitted before), then drains at ``rate``."""
+    drain = QueueDrain()
+    starts = [stall_s + k / rate for k in range(jobs)]
+    watches = [JobWatch(f"j{k}", 1e12, POLICY, drain=drain, started_epoch_s=0.0) for k in range(jobs)]
+    heap, latency = [(0.0, k) for k in range(jobs)], [0.0] * jobs
+    while heap:
+        now, k = heapq.heappop(heap)
+        if now < starts[k]:
+            answer = status("in_queue", k - math.floor(max(0.0, now - stall_s) * rate))
+        else:
+            answer = status("in_progress" if now < starts[k] + run_s else "completed")
+        if watches[k].on_status(answer, now) is not None:
+            latency[k] = now - starts[k] - run_s
+        else:
+            heapq.heappush(heap, (now + watches[k].next_delay(now), k))
+    return latency
+
+
+def test_a_burst_onto_a_busy_queue_does_not_make_deep_jobs_oversleep():
+    # The first seconds show a queue barely moving; extrapolated 300 s ahead, that rate made jobs
+    # a few minutes deep sleep until long after they had finished (p99 of minutes, issue #17).
+    latency = _burst_latencies(jobs=300, stall_s=8.0, rate=1.0, run_s=10.0)
+    assert max(latency) <= POLICY.max_s
+
+
+def test_a_job_found_running_after_a_long_sleep_is_aimed_at_its_predicted_start():
+    watch = watch_for(trained(rate=2.0, run_s=10.0))
+    watch.on_status(status("in_queue", 101), 1000.0)  # due to start at ~1050
+    watch.on_status(status("in_progress"), 1055.0)  # started somewhere in 1000..1055
+    rate = (120 + 1) / 60
+    assert watch.next_delay(1055.0) == pytest.approx(1000.0 + 100 / rate + RUN_AIM * 10.0 - 1055.0)
+
+
 def test_near_the_head_the_next_look_is_when_the_job_should_be_nearly_done():
     watch = watch_for(trained(rate=2.0, run_s=10.0))
     watch.on_status(status("in_queue", 5), 1000.0)  # 4 ahead: starts in ~2 s, runs ~10 s
@@ -199,11 +254,11 @@ def test_the_patched_clock_drives_the_defaults(monkeypatch):
     clock = install_clock(monkeypatch)
     drain = QueueDrain()
     watch = JobWatch("r1", clock.now + 3600, POLICY, drain=drain)
-    watch.on_status(status("in_queue", 300))
-    clock.now += 30
-    watch.on_status(status("in_queue", 240))  # 60 positions in 30 s
-    assert drain.rate_per_s(clock.now) == pytest.approx(61 / 30)
-    assert watch.next_delay() == pytest.approx(QUEUE_LEAD * 239 / (61 / 30))
+    watch.on_status(status("in_queue", 400))
+    clock.now += 90
+    watch.on_status(status("in_queue", 220))  # 180 positions in 90 s
+    assert drain.rate_per_s(clock.now) == pytest.approx(181 / 90)
+    assert watch.next_delay() == pytest.approx(QUEUE_LEAD * 219 / (181 / 90))
 
 
 # -- one drain per loop and connection -------------------------------------------------------------
