@@ -19,13 +19,14 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from airflow_provider_nanobanana.config import POLL_MAX_IN_FLIGHT, POLL_QUEUE_MAX_S, POLL_RATE_PER_S
+from airflow_provider_nanobanana.config import POLL_MAX_IN_FLIGHT, POLL_RATE_PER_S
 from airflow_provider_nanobanana.exceptions import (
     RunComfyAPIError,
     RunComfyRateLimitedError,
     RunComfyTransientError,
 )
 from airflow_provider_nanobanana.models import JobEvent, JobState, StatusResponse
+from airflow_provider_nanobanana.queue_drain import QueueDrain
 
 if TYPE_CHECKING:
     from airflow_provider_nanobanana.hooks.runcomfy import RunComfyHook
@@ -76,78 +77,9 @@ class PollPolicy:
 #: A queued job far from the head sleeps this share of its predicted wait: a queue that speeds up
 #: then costs one more poll, not a late verdict.
 QUEUE_LEAD = 0.9
-#: A queued job sleeps at most this many times as long as the model has watched the queue move: a
-#: rate learnt in the first seconds of a burst (every slot busy, none yet free) can be a fraction of
-#: the steady one, and extrapolating it ten times further than it was seen is where deep jobs overslept.
-HORIZON_FACTOR = 2.0
 #: A job is next looked at after this share of its expected run time: runs vary, and a look that
 #: comes too early costs one poll while one that comes too late costs latency.
 RUN_AIM = 0.95
-
-
-@dataclass
-class QueueDrain:
-    """How fast the queue ahead of one event loop's jobs empties, and how long a job then runs.
-
-    Learnt from every watched job: two answers of the same queued job give positions moved per
-    second; a job seen starting and ending gives a run time. Old evidence fades with ``half_life_s``,
-    so a queue that speeds up or slows down is followed within minutes. Shared by all jobs of one
-    connection on one loop (:func:`shared_queue_drain`), so a new job is scheduled from its first
-    answer. RunComfy does not say whether ``queue_position`` counts from 0 or 1: positions are only
-    ever differenced, and a job at position ``p`` is taken to have ``p - 1`` jobs ahead (the earlier
-    wake-up of the two readings). Pure bookkeeping; times are ``time.time()`` values passed in.
-    """
-
-    #: Longest sleep of a queued job, however deep the queue (``[nanobanana] poll_queue_max_s``).
-    max_wait_s: float = 300.0
-    half_life_s: float = 120.0
-    #: Seconds of watched queue, and positions seen moved, before a rate is trusted: a queue that
-    #: has not been seen moving is polled by backoff (it may start any moment).
-    min_evidence_s: float = 4.0
-    min_moved: float = 3.0
-    moved: float = 0.0
-    spent_s: float = 0.0
-    run_s: float | None = None
-    _updated_s: float | None = None
-    _watched_since_s: float | None = None  # start of the current stretch of evidence
-
-    def _decay(self, now: float) -> float:
-        if self._updated_s is None:
-            return 1.0
-        return float(0.5 ** (max(0.0, now - self._updated_s) / self.half_life_s))
-
-    def observe_queue(self, moved: int, seconds: float, now: float) -> None:
-        """A queued job moved ``moved`` positions in ``seconds`` (a position that grew counts as 0)."""
-        if seconds <= 0:
-            return
-        k = self._decay(now)
-        if self._watched_since_s is None or self.spent_s * k < self.min_evidence_s:
-            self._watched_since_s = now - seconds  # fresh evidence, or the old has faded: start over
-        self.moved = self.moved * k + max(0, moved)
-        self.spent_s = self.spent_s * k + seconds
-        self._updated_s = now
-
-    def rate_per_s(self, now: float) -> float | None:
-        """Positions per second, or None while there is too little evidence. One position is added
-        to what was seen: a queue watched standing still for a while may still move next second."""
-        k = self._decay(now)
-        if self.spent_s * k < self.min_evidence_s or self.moved * k < self.min_moved:
-            return None
-        return (self.moved * k + 1.0) / (self.spent_s * k)
-
-    def horizon_s(self, now: float) -> float:
-        """How far ahead a queued job may plan: :data:`HORIZON_FACTOR` times the watched stretch."""
-        since = now if self._watched_since_s is None else self._watched_since_s
-        return HORIZON_FACTOR * (now - since)
-
-    def observe_run(self, seconds: float) -> None:
-        if seconds > 0:
-            self.run_s = seconds if self.run_s is None else 0.7 * self.run_s + 0.3 * seconds
-
-    def run_at_most(self, seconds: float) -> None:
-        """A job went from queued to finished within ``seconds``: runs are not longer than that."""
-        if self.run_s is not None and 0 < seconds < self.run_s:
-            self.run_s = seconds
 
 
 @dataclass
@@ -178,6 +110,7 @@ class JobWatch:
     _started: tuple[float, float] | None = None  # (estimated start, half the uncertainty)
     _running_seen_s: float | None = None  # the last in_progress answer
     _due_s: float | None = None  # when the queue model, at the last in_queue answer, expected a start
+    _planned_s: float | None = None  # when the current sleep was planned
 
     def remaining_s(self, now: float | None = None) -> float:
         return self.deadline_epoch_s - (time.time() if now is None else now)
@@ -190,11 +123,40 @@ class JobWatch:
         job near when it should reach the head, a running one near when it should end), else the
         policy's backoff. ``Retry-After`` always wins."""
         now = time.time() if now is None else now
+        self._planned_s = now
         planned = None if self.retry_after_s else self._planned_delay(now)
         delay = self.policy.delay(self.step, retry_after_s=self.retry_after_s) if planned is None else planned
         self.retry_after_s = None
         # Wake up exactly at the deadline rather than oversleeping it, so the timeout is punctual.
         return max(0.0, min(delay, self.remaining_s(now)))
+
+    def wake(self, now: float | None = None) -> float:
+        """Seconds more to sleep when a sleep from :meth:`next_delay` ends, or 0 to poll now.
+
+        A deep job's sleep is cut at the model's horizon, because its rate may rest on too little.
+        When other jobs' answers have taught the model something since this sleep was planned, the
+        job's position is carried forward at the new rate and its sleep re-planned without a
+        request; a poll is spent only when nothing new was learnt or the job is near the head.
+        """
+        now = time.time() if now is None else now
+        drain, seen = self.drain, self._queued_seen
+        if self.state is not JobState.IN_QUEUE or drain is None or seen is None or seen[1] is None:
+            return 0.0
+        if drain.updated_s is None or self._planned_s is None or drain.updated_s <= self._planned_s:
+            return 0.0
+        rate = drain.rate_per_s(now)
+        if rate is None:
+            return 0.0
+        self._planned_s = now
+        starts_in = max(0.0, seen[1] - rate * (now - seen[0]) - 1) / rate
+        if starts_in <= self.policy.max_s:
+            return 0.0
+        more = self._approach(starts_in, drain, now)
+        return 0.0 if more < self.policy.initial_s else max(0.0, min(more, self.remaining_s(now)))
+
+    def _approach(self, starts_in: float, drain: QueueDrain, now: float) -> float:
+        """The sleep of a job far from the head: most of the way there, no further than watched."""
+        return min(drain.max_wait_s, QUEUE_LEAD * starts_in, max(self.policy.max_s, drain.horizon_s(now)))
 
     def _planned_delay(self, now: float) -> float | None:
         planned = self._predicted_delay(now)
@@ -211,10 +173,8 @@ class JobWatch:
             if rate is None:
                 return None
             starts_in = max(0, self.queue_position - 1) / rate
-            if starts_in > self.policy.max_s:  # far from the head: approach it, no further than seen
-                return min(
-                    drain.max_wait_s, QUEUE_LEAD * starts_in, max(self.policy.max_s, drain.horizon_s(now))
-                )
+            if starts_in > self.policy.max_s:
+                return self._approach(starts_in, drain, now)
             if drain.run_s is None:  # near the head, run time unknown: see it start, and learn it
                 return max(self.policy.initial_s, starts_in)
             return max(self.policy.initial_s, starts_in + RUN_AIM * drain.run_s)
@@ -402,23 +362,6 @@ def shared_poll_budget() -> PollBudget:
     return budget
 
 
-_DRAINS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, QueueDrain]]
-_DRAINS = weakref.WeakKeyDictionary()
-
-
-def shared_queue_drain(key: str) -> QueueDrain | None:
-    """The running loop's queue model for ``key`` (a connection id: one account's view of the queue),
-    or None when ``[nanobanana] poll_queue_max_s`` is 0 (poll by backoff alone)."""
-    max_wait_s = POLL_QUEUE_MAX_S.get()
-    if max_wait_s <= 0:
-        return None
-    drains = _DRAINS.setdefault(asyncio.get_running_loop(), {})
-    drain = drains.get(key)
-    if drain is None:
-        drain = drains[key] = QueueDrain(max_wait_s=max_wait_s)
-    return drain
-
-
 def _needs_failure_detail(status: StatusResponse) -> bool:
     """A failed job whose status does not say why: its result does (one extra GET, failures only)."""
     return status.status is JobState.FAILED and not status.error
@@ -446,11 +389,23 @@ def wait_for_job(
                 stop = min(stop, give_up_at_epoch_s)
             if now >= stop:
                 return watch.timeout_event() if watch.expired(now) else None
-            (sleep or time.sleep)(min(watch.next_delay(), stop - now))
+            delay = min(watch.next_delay(), stop - now)
+            while delay > 0:  # re-planned without a request while the model says the job is far off
+                (sleep or time.sleep)(delay)
+                delay = min(watch.wake(), stop - time.time())
         if (event := watch.poll(hook)) is not None:
             return event
         if line := watch.progress():
             log.info(line)
+
+
+async def sleep_until_due(watch: JobWatch) -> None:
+    """Sleep on the event loop until ``watch`` should poll again, re-planning (:meth:`JobWatch.wake`)
+    without a request whenever a sleep ends early enough to be worth one more look at the model."""
+    delay = watch.next_delay()
+    while delay > 0:
+        await asyncio.sleep(delay)
+        delay = watch.wake()
 
 
 async def hold_until(epoch_s: float | None) -> None:

@@ -76,7 +76,8 @@ def simulate_policy(
     A job is queued for its wait (``floor(wait_left * RATE)`` jobs ahead, plus ``base``), then in
     progress for its run; its first poll is at submit.
     """
-    from airflow_provider_nanobanana.polling import JobWatch, QueueDrain
+    from airflow_provider_nanobanana.polling import JobWatch
+    from airflow_provider_nanobanana.queue_drain import QueueDrain
 
     random.seed(seed)  # PollPolicy's jitter
     drain = QueueDrain() if aware else None
@@ -89,6 +90,9 @@ def simulate_policy(
     while heap:
         now, i = heapq.heappop(heap)
         (wait, run), watch = jobs[i], watches[i]
+        if watch.polls and (more := watch.wake(now)) > 0:  # re-planned without a request
+            heapq.heappush(heap, (now + more, i))
+            continue
         if now < wait:
             status = queued[math.floor((wait - now) * RATE)]
         else:
@@ -240,8 +244,8 @@ async def _real(args: dict[str, Any]) -> dict[str, Any]:
         ),
     }
     # The queue model's own time constants are real-time seconds too.
-    polling._DRAINS[asyncio.get_running_loop()] = {
-        "runcomfy_default": polling.QueueDrain(
+    queue_drain._DRAINS[asyncio.get_running_loop()] = {
+        "runcomfy_default": queue_drain.QueueDrain(
             max_wait_s=300.0 / scale, half_life_s=120.0 / scale, min_evidence_s=4.0 / scale
         )
     }

@@ -25,10 +25,9 @@ from airflow_provider_nanobanana.polling import (
     JobWatch,
     PollBudget,
     PollPolicy,
-    QueueDrain,
     shared_poll_budget,
-    shared_queue_drain,
 )
+from airflow_provider_nanobanana.queue_drain import QueueDrain, shared_queue_drain
 from airflow_provider_nanobanana.preparation import prepare_request
 
 if TYPE_CHECKING:
@@ -352,6 +351,9 @@ class BatchRun:
 
     async def _poll(self, item_id: str) -> None:
         watch = self.watches[item_id]
+        if (more := watch.wake()) > 0:  # re-planned from what other items taught: no request yet
+            self.next_poll[item_id] = time.time() + more
+            return
         async with self.budget.slot(), shared_poll_budget().slot():
             event = await watch.apoll(self.hook)
         if item_id not in self.watches:

@@ -6,7 +6,6 @@ The trigger only polls. Submitting happens on the worker, because a triggerer re
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,8 +19,9 @@ from airflow_provider_nanobanana.polling import (
     PollPolicy,
     hold_until,
     shared_poll_budget,
-    shared_queue_drain,
+    sleep_until_due,
 )
+from airflow_provider_nanobanana.queue_drain import shared_queue_drain
 from airflow_provider_nanobanana.triggers.moves import task_still_deferred
 from airflow_provider_nanobanana.triggers.versioning import check_kwargs_version
 
@@ -115,7 +115,7 @@ class RunComfyJobTrigger(BaseTrigger):
                     level = logging.INFO if watch.state is not logged_state else logging.DEBUG
                     logged_state = watch.state
                     self.log.log(level, line)
-                await asyncio.sleep(watch.next_delay())
+                await sleep_until_due(watch)
             return watch.timeout_event()
         except Exception as exc:
             self.log.exception("RunComfy trigger for %s failed", self.request_id)

@@ -12,7 +12,8 @@ from airflow_provider_nanobanana._compat import TaskDeferred
 from airflow_provider_nanobanana.batch import BatchCheckpoint, ItemState
 from airflow_provider_nanobanana.exceptions import RunComfyError, RunComfyJobFailedError
 from airflow_provider_nanobanana.operators.batch import NanoBananaBatchEditOperator
-from airflow_provider_nanobanana.polling import QueueDrain
+from airflow_provider_nanobanana import queue_drain
+from airflow_provider_nanobanana.queue_drain import QueueDrain
 from airflow_provider_nanobanana.triggers.batch import RunComfyBatchTrigger
 from tests.conftest import png_bytes
 from tests.fakes import new_context
@@ -355,7 +356,7 @@ def test_the_batch_reads_the_queue_with_the_single_job_triggers_model(emulator, 
     async def scenario():
         # The model's constants on this test's fast clock; it starts untrained.
         drain = QueueDrain(max_wait_s=3.0, half_life_s=1.2, min_evidence_s=0.04)
-        polling._DRAINS[asyncio.get_running_loop()] = {trigger.runcomfy_conn_id: drain}
+        queue_drain._DRAINS[asyncio.get_running_loop()] = {trigger.runcomfy_conn_id: drain}
         return await first_event(trigger), drain
 
     event, drain = asyncio.run(scenario())

@@ -14,9 +14,9 @@ import time
 import httpx
 import pytest
 
-from airflow_provider_nanobanana import polling
+from airflow_provider_nanobanana import queue_drain
 from airflow_provider_nanobanana.emulator import EmulatorConfig, EmulatorServer
-from airflow_provider_nanobanana.polling import QueueDrain
+from airflow_provider_nanobanana.queue_drain import QueueDrain
 from airflow_provider_nanobanana.triggers.runcomfy import RunComfyJobTrigger
 
 SCALE = 100.0  # emulated seconds per real second
@@ -71,7 +71,7 @@ def test_queue_aware_triggers_poll_deep_queued_jobs_less_and_learn_the_queue(mon
         async def watch_all() -> tuple[list[dict], QueueDrain]:
             # The model's real-time constants on the accelerated clock; it starts untrained.
             drain = QueueDrain(max_wait_s=300 / SCALE, half_life_s=120 / SCALE, min_evidence_s=4 / SCALE)
-            polling._DRAINS[asyncio.get_running_loop()] = {"runcomfy_aware": drain}
+            queue_drain._DRAINS[asyncio.get_running_loop()] = {"runcomfy_aware": drain}
             triggers = [
                 RunComfyJobTrigger(request_id=r, runcomfy_conn_id="runcomfy_aware", **timing)
                 for r in aware_ids

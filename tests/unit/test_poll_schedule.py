@@ -8,21 +8,22 @@ from __future__ import annotations
 import asyncio
 import heapq
 import math
+from collections.abc import Callable
 
 import pytest
 
 from airflow_provider_nanobanana.exceptions import RunComfyRateLimitedError
 from airflow_provider_nanobanana.models import StatusResponse
 from airflow_provider_nanobanana.polling import (
-    HORIZON_FACTOR,
     QUEUE_LEAD,
     RUN_AIM,
     JobWatch,
     PollPolicy,
-    QueueDrain,
-    shared_queue_drain,
+    sleep_until_due,
+    wait_for_job,
 )
-from tests.fakes import install_clock
+from airflow_provider_nanobanana.queue_drain import HORIZON_FACTOR, QueueDrain
+from tests.fakes import Clock, install_clock
 
 POLICY = PollPolicy(initial_s=2, factor=1.5, max_s=30, jitter=0)
 
@@ -44,32 +45,6 @@ def watch_for(drain: QueueDrain | None, deadline: float = 1e12) -> JobWatch:
 
 
 # -- the drain estimate --------------------------------------------------------------------------
-
-
-def test_no_rate_before_the_queue_was_watched_long_enough_and_seen_moving():
-    drain = QueueDrain()
-    assert drain.rate_per_s(0.0) is None
-    drain.observe_queue(10, 2.0, 2.0)  # moved, but watched only 2 s
-    assert drain.rate_per_s(2.0) is None
-    stuck = QueueDrain()
-    stuck.observe_queue(0, 60.0, 60.0)  # watched a minute, never moved: may start any moment
-    assert stuck.rate_per_s(60.0) is None
-    drain.observe_queue(10, 3.0, 5.0)
-    assert drain.rate_per_s(5.0) == pytest.approx((20 + 1) / 5.0, rel=0.05)  # 3 s of decay
-
-
-def test_a_position_that_grows_counts_as_no_progress():
-    drain = QueueDrain()
-    drain.observe_queue(-50, 10.0, 10.0)  # a priority job jumped ahead
-    drain.observe_queue(10, 10.0, 20.0)
-    assert drain.rate_per_s(20.0) == pytest.approx(11 / 20, rel=0.05)  # 10 s of decay
-
-
-def test_old_evidence_fades_so_a_faster_queue_is_followed():
-    drain = QueueDrain(half_life_s=60.0)
-    drain.observe_queue(60, 600.0, 600.0)  # 0.1/s for ten minutes
-    drain.observe_queue(100, 50.0, 1200.0)  # then, ten minutes later, 2/s
-    assert drain.rate_per_s(1200.0) > 1.0
 
 
 def test_run_time_is_learnt_from_runs_pinned_down_and_capped_by_quick_ones():
@@ -126,13 +101,6 @@ def test_a_rate_seen_briefly_plans_no_further_than_twice_the_stretch_watched():
     assert watch.next_delay(1010.0) == POLICY.max_s  # 2 x 10 s is under backoff's cap: that cap
     watch.on_status(status("in_queue", 311), 1100.0)  # 100 s watched, now ~1/s: start in ~320 s
     assert watch.next_delay(1100.0) == pytest.approx(HORIZON_FACTOR * 100.0)
-
-
-def test_evidence_that_faded_starts_a_new_stretch():
-    drain = QueueDrain(half_life_s=60.0)
-    drain.observe_queue(600, 600.0, 600.0)
-    drain.observe_queue(40, 20.0, 4200.0)  # an hour later: the old evidence is ~2**-60 of itself
-    assert drain.horizon_s(4200.0) == pytest.approx(HORIZON_FACTOR * 20.0)
 
 
 def _burst_latencies(jobs: int, stall_s: float, rate: float, run_s: float) -> list[float]:
@@ -261,16 +229,82 @@ def test_the_patched_clock_drives_the_defaults(monkeypatch):
     assert watch.next_delay() == pytest.approx(QUEUE_LEAD * 219 / (181 / 90))
 
 
-# -- one drain per loop and connection -------------------------------------------------------------
+# -- re-planning on waking, without a request --------------------------------------------------------
 
 
-def test_one_drain_per_loop_and_connection_and_none_when_switched_off(monkeypatch):
-    async def drains() -> tuple[QueueDrain | None, ...]:
-        return shared_queue_drain("a"), shared_queue_drain("a"), shared_queue_drain("b")
+def _sleep_while_others_answer(
+    drain: QueueDrain, clock: Clock, slept: list[float]
+) -> Callable[[float], None]:
+    """A sleep that moves the patched clock while other jobs' answers show the queue moving 1/s."""
 
-    a, again, b = asyncio.run(drains())
-    assert a is again
-    assert a is not b
-    assert asyncio.run(drains())[0] is not a  # a new loop learns afresh
-    monkeypatch.setenv("AIRFLOW__NANOBANANA__POLL_QUEUE_MAX_S", "0")
-    assert asyncio.run(drains()) == (None, None, None)
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock.now += seconds
+        drain.observe_queue(round(seconds), seconds, clock.now)
+
+    return sleep
+
+
+def test_waking_re_plans_from_what_other_jobs_taught_and_polls_when_nothing_was_learnt():
+    drain = trained(rate=1.0, at=1000.0)  # watched 60 s: plans reach 120 s ahead
+    watch = watch_for(drain)
+    watch.on_status(status("in_queue", 601), 1000.0)
+    assert watch.next_delay(1000.0) == pytest.approx(HORIZON_FACTOR * 60)
+    assert watch.wake(1120.0) == 0.0  # nobody answered meanwhile: only a poll can tell
+    watch.next_delay(1000.0)
+    drain.observe_queue(120, 120.0, 1120.0)  # other jobs saw 120 positions go by
+    rate = drain.rate_per_s(1120.0)
+    assert rate is not None
+    starts_in = (601 - rate * 120 - 1) / rate
+    planned = min(drain.max_wait_s, QUEUE_LEAD * starts_in, HORIZON_FACTOR * 180)
+    assert watch.wake(1120.0) == pytest.approx(planned)
+    assert watch.wake(1120.0) == 0.0  # nothing new since that re-plan
+
+
+@pytest.mark.parametrize("answer", [status("in_queue", 31), status("in_progress")])
+def test_a_job_near_the_head_or_running_polls_on_waking(answer):
+    drain = trained(rate=1.0, at=1000.0)
+    watch = watch_for(drain)
+    watch.on_status(answer, 1000.0)
+    watch.next_delay(1000.0)
+    drain.observe_queue(10, 10.0, 1010.0)
+    assert watch.wake(1010.0) == 0.0
+
+
+def test_the_in_place_wait_spends_no_poll_while_the_job_is_far_from_the_head(monkeypatch):
+    clock = install_clock(monkeypatch)
+    drain, slept, t0 = trained(rate=1.0, at=clock.now), [], clock.now
+    answers: list[tuple[float, str]] = []
+
+    class Hook:
+        def get_status(self, rid: str) -> StatusResponse:
+            ahead = 600 - (clock.now - t0)  # the queue moves 1/s; then a 10 s run
+            state = "in_queue" if ahead > 0 else "in_progress" if ahead > -10 else "completed"
+            answers.append((ahead, state))
+            return status(state, math.ceil(ahead) + 1 if ahead > 0 else None)
+
+    watch = JobWatch("r1", clock.now + 3600, POLICY, drain=drain)
+    event = wait_for_job(Hook(), watch, sleep=_sleep_while_others_answer(drain, clock, slept))  # type: ignore[arg-type]
+    assert event is not None
+    assert event.status == "success"
+    far = [ahead for ahead, state in answers if state == "in_queue" and ahead > POLICY.max_s]
+    assert far == [600]  # the first answer only; the rest of the approach was planned for free
+    assert len(slept) > len(answers)
+
+
+def test_the_trigger_sleep_re_plans_until_the_job_nears_the_head(monkeypatch):
+    clock = install_clock(monkeypatch)
+    drain, slept = trained(rate=1.0, at=clock.now), []
+    watch = JobWatch("r1", clock.now + 3600, POLICY, drain=drain)
+    watch.on_status(status("in_queue", 601))
+    sleep = _sleep_while_others_answer(drain, clock, slept)
+
+    async def fake_sleep(seconds: float) -> None:
+        sleep(seconds)
+
+    monkeypatch.setattr(asyncio, "sleep", fake_sleep)
+    asyncio.run(sleep_until_due(watch))
+    assert len(slept) > 1
+    rate = drain.rate_per_s(clock.now)
+    assert rate is not None
+    assert (601 - sum(slept) - 1) / 1.0 <= POLICY.max_s / QUEUE_LEAD  # woke for good near the head

@@ -37,9 +37,7 @@ def no_sleep(monkeypatch):
     import asyncio
 
     real_sleep = asyncio.sleep
-    monkeypatch.setattr(
-        "airflow_provider_nanobanana.triggers.runcomfy.asyncio.sleep", lambda _s: real_sleep(0)
-    )
+    monkeypatch.setattr("airflow_provider_nanobanana.polling.asyncio.sleep", lambda _s: real_sleep(0))
 
 
 def trigger(deadline_in_s=60.0, **kw):
