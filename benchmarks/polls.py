@@ -190,7 +190,7 @@ def _blind_trigger() -> type:
 
 
 async def _real(args: dict[str, Any]) -> dict[str, Any]:
-    from airflow_provider_nanobanana import polling
+    from airflow_provider_nanobanana import polling, queue_drain
     from airflow_provider_nanobanana.triggers.runcomfy import RunComfyJobTrigger
     from benchmarks.naive import FixedIntervalTrigger
 

@@ -7,12 +7,11 @@ import json
 
 import pytest
 
-from airflow_provider_nanobanana import polling
+from airflow_provider_nanobanana import queue_drain
 from airflow_provider_nanobanana._compat import TaskDeferred
 from airflow_provider_nanobanana.batch import BatchCheckpoint, ItemState
 from airflow_provider_nanobanana.exceptions import RunComfyError, RunComfyJobFailedError
 from airflow_provider_nanobanana.operators.batch import NanoBananaBatchEditOperator
-from airflow_provider_nanobanana import queue_drain
 from airflow_provider_nanobanana.queue_drain import QueueDrain
 from airflow_provider_nanobanana.triggers.batch import RunComfyBatchTrigger
 from tests.conftest import png_bytes
