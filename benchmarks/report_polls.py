@@ -131,13 +131,20 @@ def polls_section(res: dict[str, Any], command: str) -> list[str]:
         *verdicts,
         "",
         "Why fewer: a queued job far from the head sleeps 90% of its predicted wait (positions ahead / "
-        "the drain rate the loop has seen, at most 300 s), so a 10-minute queue costs 2-3 polls instead "
-        "of one per 30 s; near the head, or running, the next look is at 95% of the expected run time. "
+        "the drain rate the loop has seen, at most 300 s, and no further ahead than twice as long as the "
+        "loop has watched the queue move). When that sleep ends and other jobs' answers have taught the "
+        "model something since, the job re-plans from its last position carried forward, without a "
+        "request (`JobWatch.wake`), so a 10-minute queue costs 2-3 polls instead of one per 30 s; near "
+        "the head, or running, the next look is at 95% of the expected run time. "
         "Why latency does not grow: today's backoff has reached 30 s by the time a long-queued job runs, "
         "so its end is seen up to 30 s late; the queue-aware schedule is close to the job when it ends. "
         "In the simulation fixed 5 s polling sees ends sooner still (2.5 s on average), at 5.5x the polls; "
         "on the emulator the machine's timing noise is of the size of these differences (fixed 5 s, at "
-        "most 5 s late on an idle machine, measured up to 15 s).",
+        "most 5 s late on an idle machine, measured up to 15 s). "
+        "Where the emulator's remaining polls go: its 10 slots start together and none frees for 5 s or "
+        "more, so every job polls about three times (at 0, ~2.5 and ~7 s) before the queue is seen to move "
+        "at all; and runs of 5-15 s make a look aimed at 95% of the mean run early for the longer half. "
+        "The simulation's queue moves from its first second, so it pays little of the first.",
         "",
         *_repeat_lines(res, cols),
     ]
@@ -159,11 +166,12 @@ def _repeat_lines(res: dict[str, Any], cols: list[tuple[str, str]]) -> list[str]
             if latency
             else ""
         )
-        + ". Between the two runs the trade-off moved: in the first, a few deep-queued jobs slept past their "
-        "start and were seen late (the p95/p99 tail), and so polled less. A likely cause, not yet confirmed: "
-        "the emulator starts its 10 slots in bursts, and a drain rate learnt in the first seconds can be "
-        "half the true one, so a deep job's planned sleep (up to `poll_queue_max_s`) overshoots; the "
-        "simulation, whose queue drains smoothly, shows no such tail.",
+        + ". An earlier version of the schedule (6.58x, but p95 84 s and p99 129 s of latency on this "
+        "benchmark) let a rate learnt in the emulator's first, stalled seconds plan deep jobs' sleeps of up "
+        "to 300 s, and they woke long after their end: every job answering in those seconds was counted, "
+        "so the stall outweighed the minutes after. Now each second of queue counts once, and no sleep "
+        "reaches further ahead than twice the queue history watched (`tests/unit/test_queue_drain.py`, "
+        "`tests/unit/test_poll_schedule.py`).",
         "",
         table(rows, cols),
         "",
