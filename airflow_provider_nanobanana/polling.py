@@ -137,6 +137,8 @@ class JobWatch:
         When other jobs' answers have taught the model something since this sleep was planned, the
         job's position is carried forward at the new rate and its sleep re-planned without a
         request; a poll is spent only when nothing new was learnt or the job is near the head.
+        While the model has no rate yet but others are feeding it, a queued job waits for it (at
+        most ``policy.max_s`` after its last answer) rather than asking again itself.
         """
         now = time.time() if now is None else now
         drain, seen = self.drain, self._queued_seen
@@ -145,9 +147,12 @@ class JobWatch:
         if drain.updated_s is None or self._planned_s is None or drain.updated_s <= self._planned_s:
             return 0.0
         rate = drain.rate_per_s(now)
-        if rate is None:
-            return 0.0
         self._planned_s = now
+        if rate is None:
+            # Other jobs' answers are teaching the model; this one's would add little. Wait for a
+            # rate, but never longer than backoff's cap since this job was last heard from.
+            more = min(self.policy.delay(self.step), seen[0] + self.policy.max_s - now)
+            return 0.0 if more < self.policy.initial_s else min(more, self.remaining_s(now))
         starts_in = max(0.0, seen[1] - rate * (now - seen[0]) - 1) / rate
         if starts_in <= self.policy.max_s:
             return 0.0

@@ -10,8 +10,9 @@ it and plans from it; this module does no I/O.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from airflow_provider_nanobanana.config import POLL_QUEUE_MAX_S
 
@@ -46,7 +47,9 @@ class QueueDrain:
     run_s: float | None = None
     _updated_s: float | None = None
     _watched_since_s: float | None = None  # start of the current stretch of evidence
-    _covered_until_s: float | None = None  # the latest second any answer has accounted for
+    # The head curve: when, and how many positions the head had moved by then (since the first answer).
+    _times: list[float] = field(default_factory=list, repr=False)
+    _heads: list[float] = field(default_factory=list, repr=False)
 
     def _decay(self, now: float) -> float:
         if self._updated_s is None:
@@ -57,21 +60,50 @@ class QueueDrain:
         """A queued job moved ``moved`` positions in the ``seconds`` up to ``now`` (a position that
         grew counts as 0).
 
-        Every job of the queue sees the same head move, so each second counts once: only the part
-        of the interval no earlier answer covered is added, at this answer's speed. Counted per job,
-        a burst of jobs all answering in its first, stalled seconds outweighed the minutes after.
+        Every job of the queue sees the same head move, so the answers are stitched into one curve
+        of how far the head has moved, and each second counts once: an answer adds only what it
+        says beyond the curve, after the curve's end. Counted per job instead, a burst of jobs all
+        answering in its first, stalled seconds outweighed the minutes after; and a long answer
+        spanning that stall would carry it into seconds in which the queue was moving.
         """
-        covered = self._covered_until_s
-        fresh = seconds if covered is None else min(seconds, now - covered)
-        if seconds <= 0 or fresh <= 0:
+        if seconds <= 0 or (self._times and now <= self._times[-1]):
             return
-        self._covered_until_s = now
+        moved = max(0, moved)
+        since = now - seconds
+        times, heads = self._times, self._heads
+        if not times or since >= times[-1]:
+            # Nothing known of [end of the curve, since]: counted neither as time nor as movement.
+            if not times or since > times[-1]:
+                times.append(since)
+                heads.append(heads[-1] if heads else 0.0)
+            fresh_s, head = seconds, heads[-1] + moved
+        else:
+            fresh_s, head = now - times[-1], max(heads[-1], self._head_at(since) + moved)
+        fresh_moved = head - heads[-1]
+        if len(times) >= 2 and now - times[-2] < self.min_evidence_s / 4:
+            times[-1], heads[-1] = now, head  # thin the curve: one point per quarter of min_evidence_s
+        else:
+            times.append(now)
+            heads.append(head)
+        if (cut := bisect.bisect_left(times, now - 2 * self.max_wait_s)) > 1:
+            del times[: cut - 1], heads[: cut - 1]  # older than any sleeping job's last answer
         k = self._decay(now)
         if self._watched_since_s is None or self.spent_s * k < self.min_evidence_s:
-            self._watched_since_s = now - fresh  # fresh evidence, or the old has faded: start over
-        self.moved = self.moved * k + max(0, moved) * fresh / seconds
-        self.spent_s = self.spent_s * k + fresh
+            self._watched_since_s = now - fresh_s  # fresh evidence, or the old has faded: start over
+        self.moved = self.moved * k + fresh_moved
+        self.spent_s = self.spent_s * k + fresh_s
         self._updated_s = now
+
+    def _head_at(self, when: float) -> float:
+        """How far the head had moved at ``when``, read off the curve (its first point if older)."""
+        times, heads = self._times, self._heads
+        i = bisect.bisect_right(times, when)
+        if i == 0:
+            return heads[0]
+        if i == len(times):
+            return heads[-1]
+        t0, t1 = times[i - 1], times[i]
+        return heads[i - 1] + (heads[i] - heads[i - 1]) * (when - t0) / (t1 - t0)
 
     def rate_per_s(self, now: float) -> float | None:
         """Positions per second, or None while there is too little evidence. One position is added

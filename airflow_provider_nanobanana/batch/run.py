@@ -27,8 +27,8 @@ from airflow_provider_nanobanana.polling import (
     PollPolicy,
     shared_poll_budget,
 )
-from airflow_provider_nanobanana.queue_drain import QueueDrain, shared_queue_drain
 from airflow_provider_nanobanana.preparation import prepare_request
+from airflow_provider_nanobanana.queue_drain import QueueDrain, shared_queue_drain
 
 if TYPE_CHECKING:
     from airflow_provider_nanobanana.batch.checkpoint import BatchCheckpoint

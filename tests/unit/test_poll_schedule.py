@@ -261,6 +261,19 @@ def test_waking_re_plans_from_what_other_jobs_taught_and_polls_when_nothing_was_
     assert watch.wake(1120.0) == 0.0  # nothing new since that re-plan
 
 
+def test_before_the_model_has_a_rate_a_queued_job_lets_others_answers_teach_it():
+    drain = QueueDrain()
+    watch = watch_for(drain)
+    watch.on_status(status("in_queue", 50), 0.0)
+    assert watch.next_delay(0.0) == POLICY.delay(watch.step)  # no rate: backoff
+    assert watch.wake(3.0) == 0.0  # nobody else answered: ask
+    watch.next_delay(3.0)
+    drain.observe_queue(0, 3.0, 5.0)  # another job's answer: still no rate
+    assert watch.wake(6.0) == POLICY.delay(watch.step)  # wait for the model, without a request
+    drain.observe_queue(0, 3.0, 28.5)
+    assert watch.wake(29.0) == 0.0  # backoff's cap since its own last answer: ask after all
+
+
 @pytest.mark.parametrize("answer", [status("in_queue", 31), status("in_progress")])
 def test_a_job_near_the_head_or_running_polls_on_waking(answer):
     drain = trained(rate=1.0, at=1000.0)

@@ -65,5 +65,20 @@ def test_answers_of_many_jobs_over_the_same_seconds_count_those_seconds_once():
     assert drain.rate_per_s(38.0) == pytest.approx((30 + 1) / 38, rel=0.05)
     drain.observe_queue(20, 40.0, 38.0)  # a longer answer over seconds already accounted for
     assert drain.rate_per_s(38.0) == pytest.approx((30 + 1) / 38, rel=0.05)
-    drain.observe_queue(10, 20.0, 48.0)  # half of it new: its speed over the new half counts
-    assert drain.rate_per_s(48.0) == pytest.approx((30 + 5 + 1) / 48, rel=0.06)
+    drain.observe_queue(20, 20.0, 48.0)  # 28..48: the curve has 28..38 (10), so 38..48 moved 10
+    assert drain.rate_per_s(48.0) == pytest.approx((40 + 1) / 48, rel=0.06)
+
+
+def test_a_long_answer_spanning_a_stall_does_not_carry_it_into_later_seconds():
+    drain = QueueDrain()
+    drain.observe_queue(0, 8.0, 8.0)  # one job: the queue stood still for 8 s
+    drain.observe_queue(37, 45.0, 45.0)  # another, asked at 0 and 45: 37 moved, all after the stall
+    assert drain.rate_per_s(45.0) == pytest.approx((37 + 1) / 45, rel=0.05)  # 37/37 s, not 37/45
+
+
+def test_the_head_curve_keeps_only_what_a_sleeping_job_can_still_ask_about():
+    drain = QueueDrain(max_wait_s=300.0)
+    for second in range(1, 3601):  # an hour of answers, one per second
+        drain.observe_queue(1, 1.0, float(second))
+    assert len(drain._times) <= 2 * 300 / (drain.min_evidence_s / 4) + 2
+    assert drain.rate_per_s(3600.0) == pytest.approx(1.0, rel=0.02)
