@@ -241,6 +241,20 @@ def servers(*started: ChildServer) -> Iterator[tuple[ChildServer, ...]]:
             server.stop()
 
 
+def code_version() -> str:
+    """The commit a section measured (``+changes`` when the package or benchmarks differed from it),
+    so a reused section says which code it describes."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
+        return done.stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--", "airflow_provider_nanobanana", "benchmarks")
+    return f"{commit}+changes" if dirty else commit
+
+
 def machine_info() -> dict[str, str]:
     import platform
 

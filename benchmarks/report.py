@@ -367,5 +367,13 @@ def render(
             if set(res) <= {"error", "measured_by"}:
                 lines += [f"## {name}", "", f"`{measured_by}`", "", f"error: {res['error']}", ""]
             else:
-                lines += section(res, measured_by)
+                lines += _with_code(section(res, measured_by), measured_by, res.get("code"))
     return "\n".join(lines)
+
+
+def _with_code(lines: list[str], measured_by: str, code: str | None) -> list[str]:
+    """Say under a section's command which commit it measured: reused sections can predate the code."""
+    if not code:
+        return lines
+    at = lines.index(f"`{measured_by}`") + 1 if f"`{measured_by}`" in lines else 1
+    return [*lines[:at], "", f"Code measured: `{code}`.", *lines[at:]]

@@ -138,13 +138,14 @@ def polls_section(res: dict[str, Any], command: str) -> list[str]:
         "the head, or running, the next look is at 95% of the expected run time. "
         "Why latency does not grow: today's backoff has reached 30 s by the time a long-queued job runs, "
         "so its end is seen up to 30 s late; the queue-aware schedule is close to the job when it ends. "
-        "In the simulation fixed 5 s polling sees ends sooner still (2.5 s on average), at 5.5x the polls; "
+        "In the simulation fixed 5 s polling sees ends sooner still (2.5 s on average), at several times the polls; "
         "on the emulator the machine's timing noise is of the size of these differences (fixed 5 s, at "
         "most 5 s late on an idle machine, measured up to 15 s). "
-        "Where the emulator's remaining polls go: its 10 slots start together and none frees for 5 s or "
-        "more, so every job polls about three times (at 0, ~2.5 and ~7 s) before the queue is seen to move "
-        "at all; and runs of 5-15 s make a look aimed at 95% of the mean run early for the longer half. "
-        "The simulation's queue moves from its first second, so it pays little of the first.",
+        "Before the model has a rate, a queued job whose neighbours are already teaching it waits for "
+        "that rate (at most 30 s after its own last answer) instead of asking again. "
+        "Where the emulator's polls go: the first at submit; about one while the queue is learnt (its 10 "
+        "slots start together and none frees for 5 s or more); one or two on the approach; and runs of "
+        "5-15 s make a look aimed at 95% of the mean run early for the longer half.",
         "",
         *_repeat_lines(res, cols),
     ]
@@ -169,9 +170,10 @@ def _repeat_lines(res: dict[str, Any], cols: list[tuple[str, str]]) -> list[str]
         + ". An earlier version of the schedule (6.58x, but p95 84 s and p99 129 s of latency on this "
         "benchmark) let a rate learnt in the emulator's first, stalled seconds plan deep jobs' sleeps of up "
         "to 300 s, and they woke long after their end: every job answering in those seconds was counted, "
-        "so the stall outweighed the minutes after. Now each second of queue counts once, and no sleep "
-        "reaches further ahead than twice the queue history watched (`tests/unit/test_queue_drain.py`, "
-        "`tests/unit/test_poll_schedule.py`).",
+        "so the stall outweighed the minutes after. Now every answer is stitched into one curve of how "
+        "far the queue's head has moved, so each second counts once and a long answer spanning the stall "
+        "does not carry it into later seconds; and no sleep reaches further ahead than twice the queue "
+        "history watched (`tests/unit/test_queue_drain.py`, `tests/unit/test_poll_schedule.py`).",
         "",
         table(rows, cols),
         "",

@@ -20,7 +20,14 @@ from typing import Any
 from benchmarks import defer_race, polls
 from benchmarks.archive import output_url
 from benchmarks.child import run_child
-from benchmarks.common import machine_info, servers, start_emulator, start_moto, start_png_server
+from benchmarks.common import (
+    code_version,
+    machine_info,
+    servers,
+    start_emulator,
+    start_moto,
+    start_png_server,
+)
 from benchmarks.report import render
 
 SEED = 9
@@ -312,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"== {name}", flush=True)
         started = time.monotonic()
         try:
-            results[name] = {**bench(plan), "measured_by": command}
+            results[name] = {**bench(plan), "measured_by": command, "code": code_version()}
         except Exception as exc:  # noqa: BLE001 - one broken benchmark must not hide the others
             results[name] = {"error": f"{type(exc).__name__}: {exc}"}
         print(f"   {name} took {time.monotonic() - started:.0f}s", flush=True)
