@@ -152,12 +152,15 @@ class JobWatch:
             # Other jobs' answers are teaching the model; this one's would add little. Wait for a
             # rate, but never longer than backoff's cap since this job was last heard from.
             more = min(self.policy.delay(self.step), seen[0] + self.policy.max_s - now)
-            return 0.0 if more < self.policy.initial_s else min(more, self.remaining_s(now))
-        starts_in = max(0.0, seen[1] - rate * (now - seen[0]) - 1) / rate
-        if starts_in <= self.policy.max_s:
-            return 0.0
-        more = self._approach(starts_in, drain, now)
-        return 0.0 if more < self.policy.initial_s else max(0.0, min(more, self.remaining_s(now)))
+        else:
+            starts_in = max(0.0, seen[1] - rate * (now - seen[0]) - 1) / rate
+            if starts_in <= self.policy.max_s:
+                return 0.0
+            more = self._approach(starts_in, drain, now)
+        # However sure the model is, a queued job answers itself at least every poll_queue_max_s:
+        # one cancelled or failed while queued is seen that late at worst, as without re-planning.
+        more = min(more, seen[0] + drain.max_wait_s - now, self.remaining_s(now))
+        return 0.0 if more < self.policy.initial_s else more
 
     def _approach(self, starts_in: float, drain: QueueDrain, now: float) -> float:
         """The sleep of a job far from the head: most of the way there, no further than watched."""
