@@ -147,7 +147,7 @@ class JobWatch:
         if drain.updated_s is None or self._planned_s is None or drain.updated_s <= self._planned_s:
             return 0.0
         rate = drain.rate_per_s(now)
-        self._planned_s = now
+        self._planned_s = max(now, drain.updated_s)  # an update stamped ahead of now is not news twice
         if rate is None:
             # Other jobs' answers are teaching the model; this one's would add little. Wait for a
             # rate, but never longer than backoff's cap since this job was last heard from.

@@ -80,5 +80,13 @@ def test_the_head_curve_keeps_only_what_a_sleeping_job_can_still_ask_about():
     drain = QueueDrain(max_wait_s=300.0)
     for second in range(1, 3601):  # an hour of answers, one per second
         drain.observe_queue(1, 1.0, float(second))
-    assert len(drain._times) <= 2 * 300 / (drain.min_evidence_s / 4) + 2
+    assert len(drain._times) <= 2 * (2 * 300) / (drain.min_evidence_s / 4) + 2  # two per quarter
     assert drain.rate_per_s(3600.0) == pytest.approx(1.0, rel=0.02)
+
+
+def test_answers_closer_together_than_a_quarter_of_min_evidence_share_one_curve_point():
+    drain = QueueDrain(max_wait_s=300.0)
+    for tenth in range(1, 6001):  # ten minutes of answers, ten a second
+        drain.observe_queue(1, 0.1, tenth / 10)
+    assert len(drain._times) <= 2 * (2 * 300) / (drain.min_evidence_s / 4) + 2  # two per quarter
+    assert drain.rate_per_s(600.0) == pytest.approx(10.0, rel=0.02)
