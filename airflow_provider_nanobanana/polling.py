@@ -82,6 +82,15 @@ QUEUE_LEAD = 0.9
 RUN_AIM = 0.95
 
 
+def _starts_in(position: float, rate: float) -> float:
+    """Seconds until a job at ``position`` starts, the queue moving ``rate`` positions a second.
+
+    RunComfy does not say whether positions count from 0 or 1: ``p`` is taken as ``p - 1`` jobs
+    ahead, the earlier wake-up of the two readings. The one home of that convention.
+    """
+    return max(0.0, position - 1) / rate
+
+
 @dataclass
 class JobWatch:
     """State of one wait; every method is pure bookkeeping, no I/O.
@@ -153,7 +162,7 @@ class JobWatch:
             # rate, but never longer than backoff's cap since this job was last heard from.
             more = min(self.policy.delay(self.step), seen[0] + self.policy.max_s - now)
         else:
-            starts_in = max(0.0, seen[1] - rate * (now - seen[0]) - 1) / rate
+            starts_in = _starts_in(seen[1] - rate * (now - seen[0]), rate)
             if starts_in <= self.policy.max_s:
                 return 0.0
             more = self._approach(starts_in, drain, now)
@@ -180,7 +189,7 @@ class JobWatch:
             rate = drain.rate_per_s(now)
             if rate is None:
                 return None
-            starts_in = max(0, self.queue_position - 1) / rate
+            starts_in = _starts_in(self.queue_position, rate)
             if starts_in > self.policy.max_s:
                 return self._approach(starts_in, drain, now)
             if drain.run_s is None:  # near the head, run time unknown: see it start, and learn it
@@ -255,7 +264,7 @@ class JobWatch:
             self._queued_seen = (now, status.queue_position)
             position = status.queue_position
             rate = None if drain is None or position is None else drain.rate_per_s(now)
-            self._due_s = None if rate is None or position is None else now + max(0, position - 1) / rate
+            self._due_s = None if rate is None or position is None else now + _starts_in(position, rate)
             return
         queued_until = self._queued_seen[0] if self._queued_seen else None
         if state is JobState.IN_PROGRESS:

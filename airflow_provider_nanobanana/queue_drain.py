@@ -81,10 +81,8 @@ class QueueDrain:
             fresh_s, head = now - times[-1], max(heads[-1], self._head_at(since) + moved)
         fresh_moved = head - heads[-1]
         if len(times) >= 2 and now - times[-2] < self.min_evidence_s / 4:
-            times[-1], heads[-1] = (
-                now,
-                head,
-            )  # thin the curve: two points at most per quarter of min_evidence_s
+            # Thin the curve: at most two points per quarter of min_evidence_s.
+            times[-1], heads[-1] = now, head
         else:
             times.append(now)
             heads.append(head)

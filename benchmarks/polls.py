@@ -90,7 +90,7 @@ def simulate_policy(
     while heap:
         now, i = heapq.heappop(heap)
         (wait, run), watch = jobs[i], watches[i]
-        if watch.polls and (more := watch.wake(now)) > 0:  # re-planned without a request
+        if (more := watch.wake(now)) > 0:  # re-planned without a request
             heapq.heappush(heap, (now + more, i))
             continue
         if now < wait:
