@@ -20,6 +20,9 @@ from airflow_provider_nanobanana.config import POLL_QUEUE_MAX_S
 #: rate learnt in the first seconds of a burst (every slot busy, none yet free) can be a fraction of
 #: the steady one, and extrapolating it ten times further than it was seen is where deep jobs overslept.
 HORIZON_FACTOR = 2.0
+#: The head curve keeps about twice this many points however long ``poll_queue_max_s`` is: with a
+#: cap of a day, one point per second would be a quarter of a million floats per connection.
+CURVE_POINTS = 1024
 
 
 @dataclass
@@ -66,6 +69,8 @@ class QueueDrain:
         answering in its first, stalled seconds outweighed the minutes after; and a long answer
         spanning that stall would carry it into seconds in which the queue was moving.
         """
+        if self._times and now < self._times[-1] - self.min_evidence_s:
+            self._forget()  # the wall clock stepped back: a curve in the future would mute every answer
         if seconds <= 0 or (self._times and now <= self._times[-1]):
             return
         moved = max(0, moved)
@@ -80,8 +85,8 @@ class QueueDrain:
         else:
             fresh_s, head = now - times[-1], max(heads[-1], self._head_at(since) + moved)
         fresh_moved = head - heads[-1]
-        if len(times) >= 2 and now - times[-2] < self.min_evidence_s / 4:
-            # Thin the curve: at most two points per quarter of min_evidence_s.
+        if len(times) >= 2 and now - times[-2] < self._point_gap_s():
+            # Thin the curve: at most two points per gap.
             times[-1], heads[-1] = now, head
         else:
             times.append(now)
@@ -94,6 +99,18 @@ class QueueDrain:
         self.moved = self.moved * k + fresh_moved
         self.spent_s = self.spent_s * k + fresh_s
         self._updated_s = now
+
+    def _point_gap_s(self) -> float:
+        """Closest spacing of the curve's points: a quarter of ``min_evidence_s``, wider only when the
+        kept window (twice ``max_wait_s``) would otherwise hold more than :data:`CURVE_POINTS`."""
+        return max(self.min_evidence_s / 4, 2 * self.max_wait_s / CURVE_POINTS)
+
+    def _forget(self) -> None:
+        """Start the queue evidence over (the run time, learnt from whole runs, is kept)."""
+        self._times.clear()
+        self._heads.clear()
+        self.moved = self.spent_s = 0.0
+        self._updated_s = self._watched_since_s = None
 
     def _head_at(self, when: float) -> float:
         """How far the head had moved at ``when``, read off the curve (its first point if older)."""

@@ -185,3 +185,41 @@ def test_the_budget_unit_is_reserved_before_the_item_is_marked_submitting(monkey
     item = run.by_id["i0"]
     assert item.submitting_since is not None
     assert run.foreign == {"i0"}
+
+
+def test_an_item_re_planned_from_what_other_items_taught_sleeps_on_without_a_request(monkeypatch):
+    """``_poll`` asks the watch first: when the shared queue model moved since this item's sleep was
+    planned and puts it far from the head, the item sleeps on and no poll is spent (batch/run.py)."""
+    import asyncio
+
+    from airflow_provider_nanobanana.models import StatusResponse
+    from airflow_provider_nanobanana.polling import JobWatch
+    from airflow_provider_nanobanana.queue_drain import QueueDrain
+    from tests.fakes import install_clock
+
+    def queued(request_id: str, position: int) -> StatusResponse:
+        return StatusResponse.model_validate(
+            {"request_id": request_id, "status": "in_queue", "queue_position": position}
+        )
+
+    class Hook:
+        async def aget_status(self, request_id):
+            asked.append(request_id)
+            return queued(request_id, 480)
+
+    def watch(item_id: str) -> None:
+        run.watches[item_id] = JobWatch(item_id, 1e12, run.policy, drain=run.drain)
+        run.watches[item_id].on_status(queued(item_id, 500))
+        run.next_poll[item_id] = clock.time() + run.watches[item_id].next_delay()
+
+    clock, asked = install_clock(monkeypatch), []
+    run, _ = batch_run(ItemState.ACTIVE, request_id="r0")
+    run.hook, run.drain = Hook(), QueueDrain()
+    watch("far")  # planned while the model knew nothing
+    clock.sleep(10.0)
+    run.drain.observe_queue(10, 10.0, clock.time())  # other items: the queue moved 1/s meanwhile
+    watch("plain")  # planned after that: nothing new to re-plan from
+    asyncio.run(run._poll("far"))
+    asyncio.run(run._poll("plain"))
+    assert asked == ["plain"]
+    assert run.next_poll["far"] - clock.time() > run.policy.max_s  # sleeps on: far from the head

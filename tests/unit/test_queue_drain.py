@@ -9,7 +9,12 @@ import asyncio
 
 import pytest
 
-from airflow_provider_nanobanana.queue_drain import HORIZON_FACTOR, QueueDrain, shared_queue_drain
+from airflow_provider_nanobanana.queue_drain import (
+    CURVE_POINTS,
+    HORIZON_FACTOR,
+    QueueDrain,
+    shared_queue_drain,
+)
 
 
 def test_no_rate_before_the_queue_was_watched_long_enough_and_seen_moving():
@@ -90,3 +95,25 @@ def test_answers_closer_together_than_a_quarter_of_min_evidence_share_one_curve_
         drain.observe_queue(1, 0.1, tenth / 10)
     assert len(drain._times) <= 2 * (2 * 300) / (drain.min_evidence_s / 4) + 2  # two per quarter
     assert drain.rate_per_s(600.0) == pytest.approx(10.0, rel=0.02)
+
+
+def test_a_long_poll_queue_max_s_thins_the_curve_instead_of_growing_it():
+    drain = QueueDrain(max_wait_s=86_400.0)  # a day: one point a second would be 172,800 points
+    for second in range(1, 20_001):
+        drain.observe_queue(1, 1.0, float(second))
+    assert len(drain._times) <= 2 * CURVE_POINTS + 2
+    assert drain.rate_per_s(20_000.0) == pytest.approx(1.0, rel=0.02)
+
+
+def test_a_wall_clock_stepped_back_starts_the_queue_evidence_over():
+    drain = QueueDrain()
+    for second in range(1, 61):  # 1 position/s until 10:00:60 ...
+        drain.observe_queue(1, 1.0, 36_000.0 + second)
+    drain.observe_run(12.0)
+    drain.observe_queue(9, 1.0, 36_060.0 - 1.0)  # a clock 2 s behind (NTP slew): one answer dropped
+    assert drain.rate_per_s(36_060.0) == pytest.approx(1.0, rel=0.05)
+    for second in range(1, 31):  # ... then the clock is an hour back and the queue moves 5/s
+        drain.observe_queue(5, 1.0, 32_400.0 + second)
+    assert drain.rate_per_s(32_430.0) == pytest.approx(5.0, rel=0.05)  # learnt, not muted for an hour
+    assert drain.updated_s == 32_430.0
+    assert drain.run_s == 12.0  # whole runs were measured on one clock: kept
