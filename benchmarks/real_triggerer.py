@@ -111,6 +111,8 @@ class AirflowHome:
     fernet_key: str
     jwt_secret: str
     emulator_url: str | None = None
+    #: Another metadata DB than this home's SQLite file (``benchmarks.event_writes``: PostgreSQL).
+    sql_alchemy_conn: str | None = None
 
     @property
     def db(self) -> Path:
@@ -121,7 +123,7 @@ class AirflowHome:
         env.update(
             {
                 "AIRFLOW_HOME": str(self.path),
-                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.db}",
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.sql_alchemy_conn or f"sqlite:///{self.db}",
                 "AIRFLOW__CORE__FERNET_KEY": self.fernet_key,
                 "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
                 "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
@@ -148,9 +150,15 @@ def new_fernet_key() -> str:
     return Fernet.generate_key().decode()
 
 
-def migrate_template(root: Path, fernet_key: str, jwt_secret: str, timeout_s: float = 300.0) -> Path:
+def migrate_template(
+    root: Path,
+    fernet_key: str,
+    jwt_secret: str,
+    timeout_s: float = 300.0,
+    sql_alchemy_conn: str | None = None,
+) -> Path:
     """``airflow db migrate`` once per run; every variant starts from a copy of this DB."""
-    home = AirflowHome(root / "template", fernet_key, jwt_secret)
+    home = AirflowHome(root / "template", fernet_key, jwt_secret, sql_alchemy_conn=sql_alchemy_conn)
     home.path.mkdir(parents=True, exist_ok=True)
     log = root / "airflow-db-migrate.log"
     with log.open("wb") as out:

@@ -318,8 +318,11 @@ def _latency_why(res: dict[str, Any], big: dict[str, Any], p99: float) -> str:
             f"{big.get('cpu_supervisor_s')} CPU s against the runner's {big.get('cpu_runner_s')}). With completions "
             f"spread over {spread:g} s and released in that line, even a poll at the very moment each job ends "
             f"gives a p99 of about 0.99 x (N / {events_per_s:.0f} - {spread:g}) = {floor:.0f} s. The levers are "
-            "Airflow's, and not measured here: a metadata DB without SQLite's one writer, or several "
-            "triggerers (docs/trigger.md, Several triggerers) splitting the line."
+            "Airflow's. Each event is one `Trigger.submit_event` call, and what that call alone costs, on "
+            "SQLite and on PostgreSQL, is measured apart in [benchmarks-event-writes.md]"
+            "(benchmarks-event-writes.md): it is Airflow's ORM work per event, which a metadata DB without "
+            "SQLite's one writer does not remove. Several triggerers (docs/trigger.md, Several triggerers) "
+            "split the line, each supervisor writing its own triggers' events (not measured here)."
         )
     return text
 

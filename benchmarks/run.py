@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import defer_race, polls
+from benchmarks import defer_race, event_writes, polls
 from benchmarks.archive import output_url
 from benchmarks.child import run_child
 from benchmarks.common import (
@@ -246,6 +246,13 @@ BENCHES: dict[str, Callable[[Plan], dict[str, Any]]] = {
     "triggerer": bench_triggerer,
     # Real Airflow stacks; writes its own docs/benchmarks-defer-race.md (not part of this report).
     "defer_race": lambda plan: defer_race.bench(quick=plan is QUICK),
+    # Airflow's own per-event release cost; writes docs/benchmarks-event-writes.md.
+    "event_writes": lambda plan: event_writes.measure_and_write(
+        n=1_000 if plan is QUICK else 10_000,
+        events=500,
+        out=event_writes.OUT,
+        command="uv run --frozen python -m benchmarks.run (event_writes)",
+    ),
 }
 
 
