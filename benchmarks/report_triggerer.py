@@ -320,8 +320,9 @@ def _latency_why(res: dict[str, Any], big: dict[str, Any], p99: float) -> str:
             f"gives a p99 of about 0.99 x (N / {events_per_s:.0f} - {spread:g}) = {floor:.0f} s. The levers are "
             "Airflow's. Each event is one `Trigger.submit_event` call, and what that call alone costs, on "
             "SQLite and on PostgreSQL, is measured apart in [benchmarks-event-writes.md]"
-            "(benchmarks-event-writes.md): it is Airflow's ORM work per event, which a metadata DB without "
-            "SQLite's one writer does not remove. Several triggerers (docs/trigger.md, Several triggerers) "
+            "(benchmarks-event-writes.md): Airflow's ORM work costs the supervisor several ms of CPU "
+            "per event on either DB, and PostgreSQL on the same two cores was no faster than SQLite, so the "
+            "line is not SQLite's one writer. Several triggerers (docs/trigger.md, Several triggerers) "
             "split the line, each supervisor writing its own triggers' events (not measured here)."
         )
     return text
