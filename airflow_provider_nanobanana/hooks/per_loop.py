@@ -9,9 +9,10 @@ connection lookup per connection id.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import urllib.request
 import weakref
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,9 +26,10 @@ from airflow_provider_nanobanana.redaction import redact_httpx_logs
 READ_METHODS = frozenset({"GET"})
 
 # Per (event loop, settings, kind): thousands of triggers in one triggerer share a connection pool
-# and SSL context instead of paying ~32 ms CPU and ~0.85 MB each for their own.
+# and SSL context instead of paying ~32 ms CPU and ~0.85 MB each for their own. The value is the
+# build under way or done, so the triggers that arrive together await one build.
 _ASYNC_CLIENTS: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, dict[tuple[object, ...], httpx.AsyncClient]
+    asyncio.AbstractEventLoop, dict[tuple[object, ...], asyncio.Task[httpx.AsyncClient]]
 ]
 _ASYNC_CLIENTS = weakref.WeakKeyDictionary()
 
@@ -68,24 +70,45 @@ class ReadOnlyTransport(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
-def shared_async_client(settings: RunComfySettings, *, method: str = "POST") -> httpx.AsyncClient:
+async def shared_async_client(settings: RunComfySettings, *, method: str = "POST") -> httpx.AsyncClient:
     """The event loop's client for one request method: GETs through :class:`ReadOnlyTransport`
     (unless ``[nanobanana] poll_transport = httpx`` or a proxy is configured), everything else
-    through httpx's own transport."""
+    through httpx's own transport.
+
+    The first call per loop and kind builds the client in a worker thread: that loads a CA bundle
+    into an SSL context and, for the aiohttp one, imports aiohttp (which builds two more), several
+    hundred ms of CPU on a busy triggerer that would otherwise hold every trigger on the loop
+    (docs/benchmarks-loop-blocks.md). Callers that arrive meanwhile await the same build; a failed
+    build is not kept.
+    """
     loop = asyncio.get_running_loop()
     clients = _ASYNC_CLIENTS.setdefault(loop, {})
     read_only = method in READ_METHODS and POLL_TRANSPORT.get() == "aiohttp" and not _wants_proxy(settings)
     key = (*settings.cache_key, "aiohttp" if read_only else "httpx")
-    client = clients.get(key)
-    if client is None or client.is_closed:
-        limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)
-        redact_httpx_logs()
-        transport = ReadOnlyTransport(settings) if read_only else None
-        client = clients[key] = httpx.AsyncClient(
-            limits=limits, transport=transport, **settings.client_kwargs()
-        )
-        _close_at_loop_shutdown(loop, client)
+    build = clients.get(key)
+    if build is None or _unusable(build):
+        build = clients[key] = loop.create_task(_build_off_loop(settings, read_only=read_only))
+    return await asyncio.shield(build)
+
+
+def _unusable(build: asyncio.Task[httpx.AsyncClient]) -> bool:
+    if not build.done():
+        return False
+    return build.cancelled() or build.exception() is not None or build.result().is_closed
+
+
+async def _build_off_loop(settings: RunComfySettings, *, read_only: bool) -> httpx.AsyncClient:
+    client = await asyncio.to_thread(_new_client, settings, read_only=read_only)
+    _close_at_loop_shutdown(asyncio.get_running_loop(), client)
     return client
+
+
+def _new_client(settings: RunComfySettings, *, read_only: bool) -> httpx.AsyncClient:
+    """Blocking: SSL contexts and imports. Binds to no loop, so it is safe in any thread."""
+    redact_httpx_logs()
+    transport = ReadOnlyTransport(settings) if read_only else None
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)
+    return httpx.AsyncClient(limits=limits, transport=transport, **settings.client_kwargs())
 
 
 #: Per loop, the generators that close its clients (the loop itself holds them only weakly).
@@ -154,3 +177,22 @@ async def settings_of_loop(
         cache[conn_id] = entry = (now + SETTINGS_TTL_S, loop.create_task(lookup()))
     assert entry is not None
     return await asyncio.shield(entry[1])
+
+
+_WAITERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, int] = weakref.WeakKeyDictionary()
+
+
+@contextlib.contextmanager
+def waiting_on_loop() -> Iterator[None]:
+    """Count the caller among its loop's waiters for as long as it waits (see :func:`waiters_on_loop`)."""
+    loop = asyncio.get_running_loop()
+    _WAITERS[loop] = _WAITERS.get(loop, 0) + 1
+    try:
+        yield
+    finally:
+        _WAITERS[loop] -= 1
+
+
+def waiters_on_loop() -> int:
+    """How many RunComfy waiters this event loop holds now: a triggerer's load, as the provider sees it."""
+    return _WAITERS.get(asyncio.get_running_loop(), 0)

@@ -211,7 +211,7 @@ class RunComfyHook(BaseHook, RunComfyProtocol):
     async def _aexecute(self, call: Call) -> Any:
         await self.aget_settings()
         # GETs (idempotent) go through the cheaper aiohttp transport, POSTs never do (per_loop.py).
-        client = shared_async_client(self.settings, method=call.method)
+        client = await shared_async_client(self.settings, method=call.method)
         async for attempt in AsyncRetrying(**self._retry_kwargs()):
             with attempt:
                 return await self._aexchange(client, call)

@@ -168,7 +168,7 @@ def test_tls_verification_is_on_by_default_for_the_api_and_the_file_host(fake_ap
     assert hook.get_conn().follow_redirects is False
 
     async def async_mode() -> ssl.VerifyMode:
-        return _verify_mode(shared_async_client(hook.settings))
+        return _verify_mode(await shared_async_client(hook.settings))
 
     assert asyncio.run(async_mode()) is ssl.CERT_REQUIRED
     with S3MediaHook(None).archiver.http_client() as http:

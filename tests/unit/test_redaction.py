@@ -244,7 +244,7 @@ def test_every_client_factory_installs_the_filter() -> None:
     hook = RunComfyHook(token="t", base_url="http://127.0.0.1:9")
 
     async def async_client() -> None:
-        await shared_async_client(hook.settings).aclose()
+        await (await shared_async_client(hook.settings)).aclose()
 
     assert installed_by(lambda: hook.get_conn().close())
     assert installed_by(lambda: asyncio.run(async_client()))

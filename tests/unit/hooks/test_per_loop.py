@@ -10,10 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
+import threading
+from typing import Any
 
 import httpx
 import pytest
 
+from airflow_provider_nanobanana.hooks import per_loop
 from airflow_provider_nanobanana.hooks.per_loop import ReadOnlyTransport, shared_async_client
 from airflow_provider_nanobanana.hooks.runcomfy import RunComfyHook
 from airflow_provider_nanobanana.hooks.settings import RunComfySettings
@@ -24,10 +27,12 @@ SETTINGS = RunComfySettings(token="t", base_url="http://127.0.0.1:9")
 
 def test_gets_and_posts_get_different_clients_shared_per_loop() -> None:
     async def clients() -> tuple[httpx.AsyncClient, ...]:
-        get = shared_async_client(SETTINGS, method="GET")
-        post = shared_async_client(SETTINGS, method="POST")
-        again = shared_async_client(RunComfySettings(token="t", base_url="http://127.0.0.1:9"), method="GET")
-        default = shared_async_client(SETTINGS)
+        get = await shared_async_client(SETTINGS, method="GET")
+        post = await shared_async_client(SETTINGS, method="POST")
+        again = await shared_async_client(
+            RunComfySettings(token="t", base_url="http://127.0.0.1:9"), method="GET"
+        )
+        default = await shared_async_client(SETTINGS)
         return get, post, again, default
 
     get, post, again, default = asyncio.run(clients())
@@ -49,7 +54,7 @@ def test_the_aiohttp_client_refuses_anything_but_a_get_before_connecting(method:
         server = await asyncio.start_server(handle, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         settings = RunComfySettings(token="t", base_url=f"http://127.0.0.1:{port}")
-        client = shared_async_client(settings, method="GET")
+        client = await shared_async_client(settings, method="GET")
         try:
             with pytest.raises(RuntimeError, match=f"{method} refused"):
                 await client.request(method, "/v1/models/google/nano-banana-2/edit", json={"a": 1})
@@ -106,7 +111,7 @@ def test_poll_transport_httpx_sends_gets_through_httpx_too(monkeypatch) -> None:
     monkeypatch.setenv("AIRFLOW__NANOBANANA__POLL_TRANSPORT", "httpx")
 
     async def transport() -> httpx.AsyncBaseTransport:
-        return shared_async_client(SETTINGS, method="GET")._transport
+        return (await shared_async_client(SETTINGS, method="GET"))._transport
 
     assert isinstance(asyncio.run(transport()), httpx.AsyncHTTPTransport)
 
@@ -115,7 +120,7 @@ def test_an_unknown_poll_transport_falls_back_to_aiohttp(monkeypatch) -> None:
     monkeypatch.setenv("AIRFLOW__NANOBANANA__POLL_TRANSPORT", "curl")
 
     async def transport() -> httpx.AsyncBaseTransport:
-        return shared_async_client(SETTINGS, method="GET")._transport
+        return (await shared_async_client(SETTINGS, method="GET"))._transport
 
     assert isinstance(asyncio.run(transport()), ReadOnlyTransport)
 
@@ -130,9 +135,9 @@ def test_behind_a_proxy_gets_take_the_same_way_as_posts(monkeypatch) -> None:
     async def transports() -> tuple[httpx.AsyncBaseTransport, httpx.AsyncBaseTransport]:
         bypassed = RunComfySettings(token="t", base_url="https://model-api.runcomfy.net:8443")
         monkeypatch.setenv("NO_PROXY", "model-api.runcomfy.net")
-        through_bypass = shared_async_client(bypassed, method="GET")._transport
+        through_bypass = (await shared_async_client(bypassed, method="GET"))._transport
         monkeypatch.delenv("NO_PROXY")
-        return shared_async_client(remote, method="GET")._transport, through_bypass
+        return (await shared_async_client(remote, method="GET"))._transport, through_bypass
 
     proxied, bypassed = asyncio.run(transports())
     assert isinstance(proxied, httpx.AsyncHTTPTransport)
@@ -144,7 +149,7 @@ def test_the_aiohttp_client_verifies_tls_as_the_connection_says(verify: bool, mo
     settings = RunComfySettings(token="t", base_url="https://api.test", verify_tls=verify)
 
     async def context() -> ssl.SSLContext:
-        transport = shared_async_client(settings, method="GET")._transport
+        transport = (await shared_async_client(settings, method="GET"))._transport
         assert isinstance(transport, ReadOnlyTransport)
         return transport.ssl_context
 
@@ -155,10 +160,70 @@ def test_the_loops_clients_are_closed_when_the_loop_shuts_down() -> None:
     """An aiohttp session left open logs 'Unclosed client session' errors at exit."""
 
     async def use() -> tuple[httpx.AsyncClient, httpx.AsyncClient]:
-        get, post = shared_async_client(SETTINGS, method="GET"), shared_async_client(SETTINGS)
+        get, post = await shared_async_client(SETTINGS, method="GET"), await shared_async_client(SETTINGS)
         await asyncio.sleep(0)  # the closers start
         return get, post
 
     get, post = asyncio.run(use())
     assert get.is_closed
     assert post.is_closed
+
+
+def test_clients_are_built_off_the_event_loop(monkeypatch) -> None:
+    """Building one loads CA bundles into SSL contexts and imports aiohttp: 0.1-0.5 s of CPU that,
+    on the loop, held every trigger of a real triggerer (docs/benchmarks-loop-blocks.md)."""
+    built_in: list[threading.Thread] = []
+    for cls in (httpx.AsyncClient, ReadOnlyTransport):
+        original = cls.__init__
+
+        def recording(self: Any, *args: Any, __original: Any = original, **kwargs: Any) -> None:
+            built_in.append(threading.current_thread())
+            __original(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "__init__", recording)
+
+    async def build() -> threading.Thread:
+        await shared_async_client(SETTINGS, method="GET")
+        await shared_async_client(SETTINGS, method="POST")
+        return threading.current_thread()
+
+    loop_thread = asyncio.run(build())
+    assert len(built_in) == 3  # the GET client, its transport, the POST client
+    assert loop_thread not in built_in
+
+
+def test_triggers_arriving_together_await_one_build(monkeypatch) -> None:
+    builds: list[bool] = []
+    original = per_loop._new_client
+
+    def counting(settings: RunComfySettings, *, read_only: bool) -> httpx.AsyncClient:
+        builds.append(read_only)
+        return original(settings, read_only=read_only)
+
+    monkeypatch.setattr(per_loop, "_new_client", counting)
+
+    async def many() -> set[int]:
+        clients = await asyncio.gather(*(shared_async_client(SETTINGS, method="GET") for _ in range(50)))
+        return {id(c) for c in clients}
+
+    assert len(asyncio.run(many())) == 1
+    assert builds == [True]
+
+
+def test_a_failed_build_is_not_kept(monkeypatch) -> None:
+    original = per_loop._new_client
+    failures = [OSError("CA bundle unreadable")]
+
+    def flaky(settings: RunComfySettings, *, read_only: bool) -> httpx.AsyncClient:
+        if failures:
+            raise failures.pop()
+        return original(settings, read_only=read_only)
+
+    monkeypatch.setattr(per_loop, "_new_client", flaky)
+
+    async def twice() -> httpx.AsyncClient:
+        with pytest.raises(OSError, match="CA bundle"):
+            await shared_async_client(SETTINGS, method="GET")
+        return await shared_async_client(SETTINGS, method="GET")
+
+    assert isinstance(asyncio.run(twice())._transport, ReadOnlyTransport)

@@ -258,8 +258,12 @@ async def test_one_async_client_is_shared_per_loop_and_settings():
     from airflow_provider_nanobanana.hooks.runcomfy import shared_async_client
 
     a = RunComfySettings(token="t1", base_url=BASE)
-    assert shared_async_client(a) is shared_async_client(RunComfySettings(token="t1", base_url=BASE))
-    assert shared_async_client(a) is not shared_async_client(RunComfySettings(token="t2", base_url=BASE))
+    assert await shared_async_client(a) is await shared_async_client(
+        RunComfySettings(token="t1", base_url=BASE)
+    )
+    assert await shared_async_client(a) is not await shared_async_client(
+        RunComfySettings(token="t2", base_url=BASE)
+    )
 
 
 @respx.mock
