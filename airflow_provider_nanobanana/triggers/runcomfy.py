@@ -12,6 +12,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_provider_nanobanana.hooks.per_loop import waiters_on_loop, waiting_on_loop
 from airflow_provider_nanobanana.hooks.runcomfy import RunComfyHook
 from airflow_provider_nanobanana.models import JobEvent, validate_request_id
 from airflow_provider_nanobanana.polling import (
@@ -27,6 +28,12 @@ from airflow_provider_nanobanana.triggers.versioning import check_kwargs_version
 
 #: Version of the serialized kwargs. 1 (0.1.0, no ``kwargs_version`` key) had no release hold.
 KWARGS_VERSION = 2
+
+#: Above this many waiters on one triggerer, a job's state changes are logged at DEBUG, not INFO.
+#: A trigger's log line goes to the triggerer's supervisor with a blocking write (Airflow 3.3); when
+#: thousands of triggers are starting, the supervisor reads late and one line held the whole event
+#: loop for up to 1.1 s (docs/benchmarks-loop-blocks.md). A few hundred waiters never fill it.
+INFO_LOG_MAX_WAITERS = 500
 
 
 class RunComfyJobTrigger(BaseTrigger):
@@ -103,23 +110,32 @@ class RunComfyJobTrigger(BaseTrigger):
             await hook.aget_settings()
             budget = shared_poll_budget()
             logged_state = watch.state
-            while not watch.expired():
-                async with budget.slot():
-                    event = await watch.apoll(hook)
-                if event is not None:
-                    return event
-                if line := watch.progress():
-                    # Only a change of state is worth an INFO line. A triggerer's log lines travel
-                    # through its supervisor, and 10,000 triggers reporting queue positions and
-                    # heartbeats at INFO were seen to fill that channel until the loop stalled.
-                    level = logging.INFO if watch.state is not logged_state else logging.DEBUG
-                    logged_state = watch.state
-                    self.log.log(level, line)
-                await sleep_until_due(watch)
+            with waiting_on_loop():
+                while not watch.expired():
+                    async with budget.slot():
+                        event = await watch.apoll(hook)
+                    if event is not None:
+                        return event
+                    if line := watch.progress():
+                        self.log.log(self._level_for(watch, logged_state), line)
+                        logged_state = watch.state
+                    await sleep_until_due(watch)
             return watch.timeout_event()
         except Exception as exc:
             self.log.exception("RunComfy trigger for %s failed", self.request_id)
             return watch.event("error", f"trigger failed: {type(exc).__name__}: {exc}")
+
+    @staticmethod
+    def _level_for(watch: JobWatch, logged_state: object) -> int:
+        """INFO for a change of state on a lightly loaded triggerer; everything else DEBUG.
+
+        A triggerer's log lines travel through its supervisor: 10,000 triggers reporting queue
+        positions and heartbeats at INFO were seen to fill that channel until the loop stalled, and
+        even one state line each blocked it under load (see ``INFO_LOG_MAX_WAITERS``).
+        """
+        if watch.state is logged_state or waiters_on_loop() > INFO_LOG_MAX_WAITERS:
+            return logging.DEBUG
+        return logging.INFO
 
     async def on_kill(self) -> None:
         """Airflow >= 3.3 calls this when a user marks or clears the deferred task (not on restarts).

@@ -10,6 +10,8 @@ import httpx
 import pytest
 import respx
 
+from airflow_provider_nanobanana.hooks.per_loop import waiters_on_loop, waiting_on_loop
+from airflow_provider_nanobanana.triggers import runcomfy as runcomfy_trigger
 from airflow_provider_nanobanana.triggers.runcomfy import RunComfyJobTrigger
 from tests.fakes import record_async_sleeps
 
@@ -107,6 +109,29 @@ async def test_only_state_changes_are_logged_at_info():
     assert "in_queue" in info[0]
     assert "in_progress" in info[1]
     assert sum(level == logging.DEBUG for level, _ in progress) >= 4
+
+
+@respx.mock
+async def test_state_changes_go_to_debug_on_a_crowded_triggerer(monkeypatch):
+    """Each log line is a blocking write to the triggerer's supervisor; with thousands of triggers
+    starting, one state line held the event loop for a second (docs/benchmarks-loop-blocks.md)."""
+    monkeypatch.setattr(runcomfy_trigger, "INFO_LOG_MAX_WAITERS", 2)
+    respx.get(STATUS).mock(
+        side_effect=[
+            httpx.Response(200, json={"status": "in_queue", "queue_position": 1}),
+            httpx.Response(200, json={"status": "in_progress"}),
+            httpx.Response(200, json={"status": "completed"}),
+        ]
+    )
+    t = trigger()
+    t._log = RecordingLog()
+    with waiting_on_loop(), waiting_on_loop():  # two other waiters: this one makes three
+        await events_of(t)
+        assert waiters_on_loop() == 2  # the finished trigger no longer counts
+    progress = [(level, line) for level, line in t._log.lines if line.startswith(f"{RID}: ")]
+    assert [line for _, line in progress if "in_progress" in line], progress
+    assert all(level == logging.DEBUG for level, _ in progress), progress
+    assert waiters_on_loop() == 0
 
 
 class RecordingLog:
