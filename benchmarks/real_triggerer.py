@@ -113,6 +113,9 @@ class AirflowHome:
     emulator_url: str | None = None
     #: Another metadata DB than this home's SQLite file (``benchmarks.event_writes``: PostgreSQL).
     sql_alchemy_conn: str | None = None
+    #: Time every event-loop step of the triggerer's processes into files with this prefix
+    #: (``benchmarks.slow_steps``, for ``benchmarks.loop_blocks``).
+    slow_steps_prefix: str | None = None
 
     @property
     def db(self) -> Path:
@@ -133,6 +136,11 @@ class AirflowHome:
                 "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
             }
         )
+        if self.slow_steps_prefix is not None:
+            env["NB_SLOW_STEPS"] = self.slow_steps_prefix
+            env["PYTHONPATH"] = os.pathsep.join(
+                [str(REPO_ROOT / "benchmarks" / "slow_steps_site"), env["PYTHONPATH"]]
+            )
         if self.emulator_url is not None:
             conn = {
                 "conn_type": "runcomfy",
@@ -433,13 +441,15 @@ def run_one(
     png_url: str,
     limits: Limits,
     log: Callable[[str], None] = print,
+    slow_steps: bool = False,
 ) -> dict[str, Any]:
     from devstack.processes import ManagedProcess, stop_all
 
     run_dir = root / f"{variant}-{n}"
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    home = AirflowHome(run_dir / "home", fernet_key, secrets.token_hex(32))
+    prefix = str(run_dir / "slow-steps") if slow_steps else None
+    home = AirflowHome(run_dir / "home", fernet_key, secrets.token_hex(32), slow_steps_prefix=prefix)
     home.path.mkdir(parents=True)
     shutil.copyfile(template_db, home.db)
     row: dict[str, Any] = {"variant": variant, "trigger": LABELS[variant], "n": n, "ran_on": RAN_ON}
@@ -503,6 +513,10 @@ def run_one(
             }
         )
     row.update(blocked_warnings(run_dir / "triggerer.log"))
+    if prefix is not None:
+        from benchmarks.slow_steps import read
+
+        row["slow_steps"] = read(prefix)
     row["load_end"] = round(os.getloadavg()[0], 1)
     return row
 
@@ -640,15 +654,17 @@ def run_matrix(
     quick: bool = False,
     variants: Sequence[str] = VARIANTS,
     log: Callable[[str], None] = print,
+    root: Path = RUN_ROOT,
+    slow_steps: bool = False,
 ) -> dict[str, Any]:
     """Every (N, variant) in order of N; once ``budget_s`` is spent the rest is recorded as not run."""
-    if RUN_ROOT.exists():
-        shutil.rmtree(RUN_ROOT)
-    RUN_ROOT.mkdir(parents=True)
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
     fernet_key = new_fernet_key()
     t0 = time.monotonic()
-    template = migrate_template(RUN_ROOT, fernet_key, secrets.token_hex(32))
-    settings = provider_settings(AirflowHome(RUN_ROOT / "template", fernet_key, secrets.token_hex(32)))
+    template = migrate_template(root, fernet_key, secrets.token_hex(32))
+    settings = provider_settings(AirflowHome(root / "template", fernet_key, secrets.token_hex(32)))
     rows: list[dict[str, Any]] = []
     skipped: list[str] = []
     for n in ns:
@@ -660,12 +676,13 @@ def run_matrix(
             row = run_one(
                 variant,
                 n,
-                root=RUN_ROOT,
+                root=root,
                 template_db=template,
                 fernet_key=fernet_key,
                 png_url=png_url,
                 limits=Limits.for_n(n, quick),
                 log=log,
+                slow_steps=slow_steps,
             )
             row["run_s"] = round(time.monotonic() - started, 1)
             rows.append(row)
@@ -677,7 +694,7 @@ def run_matrix(
         "budget_s": budget_s,
         "elapsed_s": round(time.monotonic() - t0, 1),
         "limits": {str(n): Limits.for_n(n, quick).__dict__ for n in ns},
-        "logs": str(RUN_ROOT.relative_to(REPO_ROOT)),
+        "logs": str(root.relative_to(REPO_ROOT)),
         **settings,
     }
 

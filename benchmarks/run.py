@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import defer_race, event_writes, polls
+from benchmarks import defer_race, event_writes, loop_blocks, polls
 from benchmarks.archive import output_url
 from benchmarks.child import run_child
 from benchmarks.common import (
@@ -252,6 +252,13 @@ BENCHES: dict[str, Callable[[Plan], dict[str, Any]]] = {
         events=500,
         out=event_writes.OUT,
         command="uv run --frozen python -m benchmarks.run (event_writes)",
+    ),
+    # Real triggerers with every loop step timed; writes docs/benchmarks-loop-blocks.md.
+    "loop_blocks": lambda plan: loop_blocks.measure_and_write(
+        n=2_000 if plan is QUICK else 10_000,
+        out=loop_blocks.OUT,
+        command="uv run --frozen python -m benchmarks.run (loop_blocks)",
+        quick=plan is QUICK,
     ),
 }
 
