@@ -2,7 +2,7 @@
 
 A triggerer runs thousands of triggers on one loop; each of them building its own client, or looking
 up its own connection, is what does not scale. Both are kept here per loop (weakly, so a closed loop
-frees them): two ``httpx.AsyncClient`` per distinct settings (one for GETs, one for POSTs), one
+frees them): two ``httpx.AsyncClient`` per distinct settings (one for GETs, one for the rest), one
 connection lookup per connection id.
 """
 
@@ -83,11 +83,13 @@ async def shared_async_client(settings: RunComfySettings, *, method: str = "POST
     """
     loop = asyncio.get_running_loop()
     clients = _ASYNC_CLIENTS.setdefault(loop, {})
-    read_only = method in READ_METHODS and POLL_TRANSPORT.get() == "aiohttp" and not _wants_proxy(settings)
-    key = (*settings.cache_key, "aiohttp" if read_only else "httpx")
+    # Every poll passes here: the lookup is one dict access. Which transport a GET takes (the
+    # option, the proxy environment) is decided once, when its client is built.
+    reads = method in READ_METHODS
+    key = (*settings.cache_key, reads)
     build = clients.get(key)
     if build is None or _unusable(build):
-        build = clients[key] = loop.create_task(_build_off_loop(settings, read_only=read_only))
+        build = clients[key] = loop.create_task(_build_off_loop(settings, reads=reads))
     return await asyncio.shield(build)
 
 
@@ -97,14 +99,15 @@ def _unusable(build: asyncio.Task[httpx.AsyncClient]) -> bool:
     return build.cancelled() or build.exception() is not None or build.result().is_closed
 
 
-async def _build_off_loop(settings: RunComfySettings, *, read_only: bool) -> httpx.AsyncClient:
-    client = await asyncio.to_thread(_new_client, settings, read_only=read_only)
+async def _build_off_loop(settings: RunComfySettings, *, reads: bool) -> httpx.AsyncClient:
+    client = await asyncio.to_thread(_new_client, settings, reads=reads)
     _close_at_loop_shutdown(asyncio.get_running_loop(), client)
     return client
 
 
-def _new_client(settings: RunComfySettings, *, read_only: bool) -> httpx.AsyncClient:
+def _new_client(settings: RunComfySettings, *, reads: bool) -> httpx.AsyncClient:
     """Blocking: SSL contexts and imports. Binds to no loop, so it is safe in any thread."""
+    read_only = reads and POLL_TRANSPORT.get() == "aiohttp" and not _wants_proxy(settings)
     redact_httpx_logs()
     transport = ReadOnlyTransport(settings) if read_only else None
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)

@@ -6,6 +6,7 @@ The token leaves :class:`RunComfySettings` only as an ``Authorization`` header: 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -128,9 +129,12 @@ class RunComfySettings:
             "follow_redirects": False,
         }
 
-    @property
+    @functools.cached_property
     def cache_key(self) -> tuple[object, ...]:
-        """Identity for sharing one async client; holds a digest of the token, never the token."""
+        """Identity for sharing one async client; holds a digest of the token, never the token.
+
+        Computed once per settings object: every poll of every trigger looks its client up by it.
+        """
         digest = hashlib.sha256(self.token.encode()).hexdigest()
         return (self.base_url, digest, self.connect_timeout_s, self.read_timeout_s, self.verify_tls)
 

@@ -196,9 +196,9 @@ def test_triggers_arriving_together_await_one_build(monkeypatch) -> None:
     builds: list[bool] = []
     original = per_loop._new_client
 
-    def counting(settings: RunComfySettings, *, read_only: bool) -> httpx.AsyncClient:
-        builds.append(read_only)
-        return original(settings, read_only=read_only)
+    def counting(settings: RunComfySettings, *, reads: bool) -> httpx.AsyncClient:
+        builds.append(reads)
+        return original(settings, reads=reads)
 
     monkeypatch.setattr(per_loop, "_new_client", counting)
 
@@ -214,10 +214,10 @@ def test_a_failed_build_is_not_kept(monkeypatch) -> None:
     original = per_loop._new_client
     failures = [OSError("CA bundle unreadable")]
 
-    def flaky(settings: RunComfySettings, *, read_only: bool) -> httpx.AsyncClient:
+    def flaky(settings: RunComfySettings, *, reads: bool) -> httpx.AsyncClient:
         if failures:
             raise failures.pop()
-        return original(settings, read_only=read_only)
+        return original(settings, reads=reads)
 
     monkeypatch.setattr(per_loop, "_new_client", flaky)
 
@@ -227,3 +227,18 @@ def test_a_failed_build_is_not_kept(monkeypatch) -> None:
         return await shared_async_client(SETTINGS, method="GET")
 
     assert isinstance(asyncio.run(twice())._transport, ReadOnlyTransport)
+
+
+def test_the_transport_is_chosen_once_per_loop_not_per_poll(monkeypatch) -> None:
+    """Every poll of every trigger looks its client up; reading the option and scanning the proxy
+    environment each time showed in the loop's stack samples (docs/benchmarks-loop-blocks.md)."""
+
+    async def twice() -> tuple[httpx.AsyncClient, httpx.AsyncClient]:
+        first = await shared_async_client(SETTINGS, method="GET")
+        monkeypatch.setenv("AIRFLOW__NANOBANANA__POLL_TRANSPORT", "httpx")
+        monkeypatch.setenv("HTTP_PROXY", "http://proxy.internal:3128")
+        return first, await shared_async_client(SETTINGS, method="GET")
+
+    first, second = asyncio.run(twice())
+    assert second is first
+    assert isinstance(first._transport, ReadOnlyTransport)
