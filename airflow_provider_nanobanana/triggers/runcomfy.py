@@ -127,13 +127,17 @@ class RunComfyJobTrigger(BaseTrigger):
 
     @staticmethod
     def _level_for(watch: JobWatch, logged_state: object) -> int:
-        """INFO for a change of state on a lightly loaded triggerer; everything else DEBUG.
+        """INFO for a change of state after the first answer, on a lightly loaded triggerer; else DEBUG.
 
-        A triggerer's log lines travel through its supervisor: 10,000 triggers reporting queue
-        positions and heartbeats at INFO were seen to fill that channel until the loop stalled, and
-        even one state line each blocked it under load (see ``INFO_LOG_MAX_WAITERS``).
+        A triggerer's log lines travel through its supervisor with a blocking write (Airflow 3.3).
+        10,000 triggers reporting queue positions and heartbeats at INFO filled that channel until
+        the loop stalled; even one line each at the first answer, which comes in the burst of a
+        pickup, held the loop for 1.6 s (docs/benchmarks-loop-blocks.md). So the first answer is
+        DEBUG (Airflow logs the trigger's start itself), and so is everything on a crowded
+        triggerer (``INFO_LOG_MAX_WAITERS``).
         """
-        if watch.state is logged_state or waiters_on_loop() > INFO_LOG_MAX_WAITERS:
+        first = logged_state is None
+        if first or watch.state is logged_state or waiters_on_loop() > INFO_LOG_MAX_WAITERS:
             return logging.DEBUG
         return logging.INFO
 
