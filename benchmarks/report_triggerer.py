@@ -206,9 +206,11 @@ def targets(res: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
             f"{base_blocks} (longest {base_longest} s) for the same triggerer holding {n:,} idle "
             "TimeDeltaTriggers, which run no provider code at all. Most of ours fall in the pickup, while "
             "Airflow's supervisor streams the new triggers' workloads to the runner, as they do for the "
-            "baseline. Airflow's watchdog cannot say whose code held the loop, so none of them can be pinned "
-            "on provider code, nor cleared of it. The provider logs a line only when a job's state changes "
-            "(a sampled trigger log of this run holds 3 lines, Airflow's own included)."
+            "baseline. Airflow's watchdog cannot say whose code held the loop; "
+            "[benchmarks-loop-blocks.md](benchmarks-loop-blocks.md) runs this scenario again with every "
+            "event-loop step timed and the loop thread's stack sampled, and says which blocks ran provider "
+            "code. The provider logs a job's state changes at INFO only while a triggerer holds at most 500 "
+            "of its waiters: each trigger log line is a blocking write to the supervisor."
         )
     if td is not None and _num(td.get("peak_pss_mb")):
         ratio = big["peak_pss_mb"] / td["peak_pss_mb"]

@@ -12,7 +12,9 @@ enabled by ``NB_SLOW_STEPS=<file prefix>``), this:
   ready step), though no single step in them is long;
 - samples the main thread's stack every ``SAMPLE_S`` from a side thread, and for each slow step or
   busy stretch keeps where the samples within it were: the innermost frame outside the standard
-  library, and whether any frame of the stack was provider code (``airflow_provider_nanobanana``).
+  library, and whether any frame of the stack was provider code (``airflow_provider_nanobanana``);
+- times the cyclic garbage collector (``gc.callbacks``): it holds the GIL, so no sample is taken
+  while it runs, and a step it stops shows few samples for its length.
 
 One JSON line per slow step or busy stretch goes to ``<prefix>.<pid>.jsonl``. The cost is two clock
 reads per callback and a stack walk per sample.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio.events
 import collections
+import gc
 import json
 import os
 import sys
@@ -86,7 +89,17 @@ class Recorder:
         self.out = open(f"{prefix}.{self.pid}.jsonl", "a", buffering=1)  # noqa: SIM115 - lives with the process
         self.busy_from = self.busy_to = 0.0
         self.busy_steps = 0
+        # Cyclic GC holds the GIL throughout, so the sampler sees nothing of it: time it apart.
+        self.gc_pauses: collections.deque[tuple[float, float, int]] = collections.deque(maxlen=1024)
+        self._gc_started = 0.0
+        gc.callbacks.append(self._gc)
         threading.Thread(target=self._sample, name="nb-slow-steps", daemon=True).start()
+
+    def _gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_started = time.monotonic()
+        elif time.monotonic() - self._gc_started >= 0.01:
+            self.gc_pauses.append((self._gc_started, time.monotonic(), int(info.get("generation", -1))))
 
     def step(self, started: float, ended: float, callback: Any) -> None:
         """Every step: a slow one is recorded; so is a busy stretch of short ones (what Airflow's
@@ -109,6 +122,11 @@ class Recorder:
     def _write(self, kind: str, started: float, ended: float, what: str) -> None:
         inside = [(w, p) for t, w, p in list(self.samples) if started <= t <= ended]
         spots = collections.Counter(w for w, _ in inside)
+        pauses = [
+            (max(a, started), min(b, ended), g)
+            for a, b, g in list(self.gc_pauses)
+            if b > started and a < ended
+        ]
         line = {
             "kind": kind,
             "wall": time.time(),
@@ -118,6 +136,8 @@ class Recorder:
             "provider_samples": sum(1 for _, p in inside if p),
             "top": spots.most_common(3),
             "provider_top": collections.Counter(p for _, p in inside if p).most_common(2),
+            "gc_s": round(sum(b - a for a, b, _ in pauses), 3),
+            "gc_generations": sorted({g for _, _, g in pauses}),
         }
         self.out.write(json.dumps(line) + "\n")
 
