@@ -298,7 +298,7 @@ def targets_section(results: dict[str, Any]) -> list[str]:
     why: list[str] = []
     trig = results.get("triggerer")
     if trig and "rows" in trig:
-        real_rows, why = report_triggerer.targets(trig)
+        real_rows, why = report_triggerer.targets(trig, results.get("loop_blocks"))
         rows = real_rows + rows
     lines = [
         "## Targets",
