@@ -1,9 +1,10 @@
 """What one event loop shares across all its RunComfy waiters.
 
 A triggerer runs thousands of triggers on one loop; each of them building its own client, or looking
-up its own connection, is what does not scale. Both are kept here per loop (weakly, so a closed loop
-frees them): two ``httpx.AsyncClient`` per distinct settings (one for GETs, one for the rest), one
-connection lookup per connection id.
+up its own connection, is what does not scale. Both are kept here per loop: two
+``httpx.AsyncClient`` per distinct settings (one for GETs, one for the rest), one connection lookup
+per connection id. When the loop shuts down its clients are closed and its state dropped
+(:func:`_release_at_shutdown`), so a process that runs many loops does not keep them.
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ async def shared_async_client(settings: RunComfySettings, *, method: str = "POST
     """
     loop = asyncio.get_running_loop()
     clients = _ASYNC_CLIENTS.setdefault(loop, {})
+    _release_at_shutdown(loop)
     # Every poll passes here: the lookup is one dict access. Which transport a GET takes (the
     # option, the proxy environment) is decided once, when its client is built.
     reads = method in READ_METHODS
@@ -106,7 +108,9 @@ async def _build_off_loop(settings: RunComfySettings, *, reads: bool) -> httpx.A
 
 
 def _new_client(settings: RunComfySettings, *, reads: bool) -> httpx.AsyncClient:
-    """Blocking: SSL contexts and imports. Binds to no loop, so it is safe in any thread."""
+    """Blocking: SSL contexts and imports. Binds to no loop, so it is safe in any thread: httpx
+    binds on first use, and :class:`ReadOnlyTransport` hands httpx-aiohttp a factory, so the aiohttp
+    session (which would bind to the thread's loop) is made on the first request, on the loop."""
     read_only = reads and POLL_TRANSPORT.get() == "aiohttp" and not _wants_proxy(settings)
     redact_httpx_logs()
     transport = ReadOnlyTransport(settings) if read_only else None
@@ -117,6 +121,29 @@ def _new_client(settings: RunComfySettings, *, reads: bool) -> httpx.AsyncClient
 #: Per loop, the generators that close its clients (the loop itself holds them only weakly).
 _CLOSERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[AsyncIterator[None]]]
 _CLOSERS = weakref.WeakKeyDictionary()
+_RELEASERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncIterator[None]]
+_RELEASERS = weakref.WeakKeyDictionary()
+
+
+def _release_at_shutdown(loop: asyncio.AbstractEventLoop) -> None:
+    """Drop this module's state for ``loop`` when it shuts down (``shutdown_asyncgens``).
+
+    The keys are weak, but the values (build tasks, clients, lookups) hold their loop strongly, so
+    without this a finished loop and its clients would live as long as the process: every
+    ``asyncio.run`` of a worker's in-place wait, or of a test, would add one.
+    """
+    if loop in _RELEASERS:
+        return
+
+    async def release() -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            for state in (_ASYNC_CLIENTS, _LOOP_SETTINGS, _CLOSERS, _WAITERS, _RELEASERS):
+                state.pop(loop, None)
+
+    gen = _RELEASERS[loop] = release()
+    loop.create_task(_start(gen))
 
 
 def _close_at_loop_shutdown(loop: asyncio.AbstractEventLoop, client: httpx.AsyncClient) -> None:
@@ -171,6 +198,7 @@ async def settings_of_loop(
     """
     loop = asyncio.get_running_loop()
     cache = _LOOP_SETTINGS.setdefault(loop, {})
+    _release_at_shutdown(loop)
     now = loop.time()
     entry = cache.get(conn_id)
     stale = entry is None or entry[0] <= now
@@ -197,5 +225,6 @@ def waiting_on_loop() -> Iterator[None]:
 
 
 def waiters_on_loop() -> int:
-    """How many RunComfy waiters this event loop holds now: a triggerer's load, as the provider sees it."""
+    """How many single-job waiters (``RunComfyJobTrigger``) this event loop holds now; a batch
+    trigger's jobs are not counted: it logs per batch, not per job."""
     return _WAITERS.get(asyncio.get_running_loop(), 0)

@@ -31,8 +31,8 @@ KWARGS_VERSION = 2
 
 #: Above this many waiters on one triggerer, a job's state changes are logged at DEBUG, not INFO.
 #: A trigger's log line goes to the triggerer's supervisor with a blocking write (Airflow 3.3); when
-#: thousands of triggers are starting, the supervisor reads late and one line held the whole event
-#: loop for up to 1.1 s (docs/benchmarks-loop-blocks.md). A few hundred waiters never fill it.
+#: thousands of triggers are starting, the supervisor reads late, and one state line held the whole
+#: event loop for 1.1 s with 2,000 triggers (docs/benchmarks-loop-blocks.md).
 INFO_LOG_MAX_WAITERS = 500
 
 
@@ -132,9 +132,10 @@ class RunComfyJobTrigger(BaseTrigger):
         A triggerer's log lines travel through its supervisor with a blocking write (Airflow 3.3).
         10,000 triggers reporting queue positions and heartbeats at INFO filled that channel until
         the loop stalled; even one line each at the first answer, which comes in the burst of a
-        pickup, held the loop for 1.6 s (docs/benchmarks-loop-blocks.md). So the first answer is
-        DEBUG (Airflow logs the trigger's start itself), and so is everything on a crowded
-        triggerer (``INFO_LOG_MAX_WAITERS``).
+        pickup, held a 10,000-trigger loop for 1.6 s (docs/benchmarks-loop-blocks.md): the first
+        triggers of a pickup answer while fewer than ``INFO_LOG_MAX_WAITERS`` are counted, just when
+        the supervisor is busiest. So the first answer is DEBUG (Airflow logs the trigger's start
+        itself), and so is everything on a crowded triggerer.
         """
         first = logged_state is None
         if first or watch.state is logged_state or waiters_on_loop() > INFO_LOG_MAX_WAITERS:

@@ -8,9 +8,11 @@ method in :func:`shared_async_client`, and again in the transport itself.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import ssl
 import threading
+import weakref
 from typing import Any
 
 import httpx
@@ -161,7 +163,6 @@ def test_the_loops_clients_are_closed_when_the_loop_shuts_down() -> None:
 
     async def use() -> tuple[httpx.AsyncClient, httpx.AsyncClient]:
         get, post = await shared_async_client(SETTINGS, method="GET"), await shared_async_client(SETTINGS)
-        await asyncio.sleep(0)  # the closers start
         return get, post
 
     get, post = asyncio.run(use())
@@ -242,3 +243,20 @@ def test_the_transport_is_chosen_once_per_loop_not_per_poll(monkeypatch) -> None
     first, second = asyncio.run(twice())
     assert second is first
     assert isinstance(first._transport, ReadOnlyTransport)
+
+
+def test_a_finished_loop_and_its_clients_are_let_go() -> None:
+    """The per-loop values hold their loop strongly; a weak key alone never let a loop go."""
+
+    async def lookup() -> RunComfySettings:
+        return SETTINGS
+
+    async def use() -> tuple[weakref.ref[asyncio.AbstractEventLoop], weakref.ref[httpx.AsyncClient]]:
+        client = await shared_async_client(SETTINGS, method="GET")
+        await per_loop.settings_of_loop("runcomfy_default", lookup)
+        return weakref.ref(asyncio.get_running_loop()), weakref.ref(client)
+
+    loop, client = asyncio.run(use())
+    gc.collect()
+    assert loop() is None
+    assert client() is None
