@@ -221,7 +221,8 @@ def waiting_on_loop() -> Iterator[None]:
     try:
         yield
     finally:
-        _WAITERS[loop] -= 1
+        # .get: a waiter in an async generator closed at shutdown may end after the loop's release.
+        _WAITERS[loop] = _WAITERS.get(loop, 1) - 1
 
 
 def waiters_on_loop() -> int:
