@@ -84,13 +84,13 @@ async def shared_async_client(settings: RunComfySettings, *, method: str = "POST
     """
     loop = asyncio.get_running_loop()
     clients = _ASYNC_CLIENTS.setdefault(loop, {})
-    _release_at_shutdown(loop)
     # Every poll passes here: the lookup is one dict access. Which transport a GET takes (the
     # option, the proxy environment) is decided once, when its client is built.
     reads = method in READ_METHODS
     key = (*settings.cache_key, reads)
     build = clients.get(key)
     if build is None or _unusable(build):
+        _release_at_shutdown(loop)
         build = clients[key] = loop.create_task(_build_off_loop(settings, reads=reads))
     return await asyncio.shield(build)
 
@@ -198,13 +198,13 @@ async def settings_of_loop(
     """
     loop = asyncio.get_running_loop()
     cache = _LOOP_SETTINGS.setdefault(loop, {})
-    _release_at_shutdown(loop)
     now = loop.time()
     entry = cache.get(conn_id)
     stale = entry is None or entry[0] <= now
     if entry is not None and entry[1].done() and entry[1].exception() is not None:
         stale = True
     if stale:
+        _release_at_shutdown(loop)
         cache[conn_id] = entry = (now + SETTINGS_TTL_S, loop.create_task(lookup()))
     assert entry is not None
     return await asyncio.shield(entry[1])
