@@ -25,6 +25,20 @@ TASKS = {
 }
 
 
+def write_result(result: dict[str, Any]) -> None:
+    """A child's answer: one ``RESULT {json}`` line on stdout, read back by :func:`read_result`."""
+    sys.stdout.write(RESULT_PREFIX + json.dumps(result) + "\n")
+    sys.stdout.flush()
+
+
+def read_result(stdout: str) -> dict[str, Any] | None:
+    """The last ``RESULT`` line of a child's stdout, or ``None`` if it printed none."""
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(RESULT_PREFIX):
+            return dict(json.loads(line[len(RESULT_PREFIX) :]))
+    return None
+
+
 def run_child(task: str, args: dict[str, Any], *, timeout_s: float) -> dict[str, Any]:
     """Run ``task`` in a child process; a crash or timeout becomes an ``error`` entry, not an abort."""
     cmd = [sys.executable, "-m", "benchmarks.child", task, json.dumps(args)]
@@ -32,9 +46,8 @@ def run_child(task: str, args: dict[str, Any], *, timeout_s: float) -> dict[str,
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=dict(os.environ))
     except subprocess.TimeoutExpired:
         return {"error": f"child {task} exceeded {timeout_s:.0f}s"}
-    for line in reversed(done.stdout.splitlines()):
-        if line.startswith(RESULT_PREFIX):
-            return dict(json.loads(line[len(RESULT_PREFIX) :]))
+    if (result := read_result(done.stdout)) is not None:
+        return result
     tail = (done.stderr or "").strip().splitlines()[-5:]
     return {"error": f"child {task} exited {done.returncode}: {' | '.join(tail)}"}
 
@@ -46,9 +59,7 @@ def main(argv: list[str]) -> int:
 
     configure_airflow_env(args["emulator_url"], args.get("moto_url"))
     module = importlib.import_module(TASKS[task])
-    result = module.child_main(args)
-    sys.stdout.write(RESULT_PREFIX + json.dumps(result) + "\n")
-    sys.stdout.flush()
+    write_result(module.child_main(args))
     return 0
 
 

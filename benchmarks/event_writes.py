@@ -43,6 +43,7 @@ from typing import Any
 
 import psutil
 
+from benchmarks.child import read_result, write_result
 from benchmarks.common import code_version, free_port, machine_info
 from benchmarks.real_triggerer import REPO_ROOT, AirflowHome, migrate_template, new_fernet_key, populate
 
@@ -50,7 +51,6 @@ RUN_ROOT = REPO_ROOT / ".run" / "bench-event-writes"
 OUT = REPO_ROOT / "docs" / "benchmarks-event-writes.md"
 WARMUP = 50
 SPREAD_S = 30.0  # section 6: completions spread over [0, 30] s once the jobs are let run
-RESULT_PREFIX = "RESULT "
 
 
 # -- PostgreSQL on loopback -------------------------------------------------------------------------
@@ -72,7 +72,6 @@ class Postgres:
     bin: Path
     data: Path
     port: int
-    as_user: list[str]
 
     @property
     def url(self) -> str:
@@ -107,7 +106,7 @@ def running_postgres(bin_dir: Path) -> Iterator[Postgres]:
     as_user = ["runuser", "-u", "nobody", "--"] if os.geteuid() == 0 else []
     if as_user:
         shutil.chown(scratch, "nobody")
-    pg = Postgres(bin_dir, scratch / "data", free_port(), as_user)
+    pg = Postgres(bin_dir, scratch / "data", free_port())
     log = scratch / "server.log"
     try:
         subprocess.run(
@@ -207,9 +206,8 @@ def _run_measure(home: AirflowHome, events: int, server_pid: int | None) -> dict
         timeout=900,
         check=False,
     )
-    for line in reversed(done.stdout.splitlines()):
-        if line.startswith(RESULT_PREFIX):
-            return dict(json.loads(line[len(RESULT_PREFIX) :]))
+    if (result := read_result(done.stdout)) is not None:
+        return result
     tail = " | ".join(done.stderr.strip().splitlines()[-5:])
     raise RuntimeError(f"measuring child exited {done.returncode}: {tail}")
 
@@ -329,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args(argv)
     if args.child is not None:
-        sys.stdout.write(RESULT_PREFIX + json.dumps(measure_child(args.child, args.server_pid)) + "\n")
+        write_result(measure_child(args.child, args.server_pid))
         return 0
     given = list(argv if argv is not None else sys.argv[1:])
     command = " ".join(["uv run --frozen python -m benchmarks.event_writes", *given])

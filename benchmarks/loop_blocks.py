@@ -67,7 +67,6 @@ def summarize(row: dict[str, Any]) -> dict[str, Any]:
         "long_steps_with_provider": sum(1 for r in long_steps if r["provider_samples"] > 0),
         "long_step_causes": dict(causes),
         "long_step_spots": Counter(spot for r in long_steps for spot, _ in r["top"][:1]).most_common(3),
-        "long_step_tasks": Counter(r["what"].split(" > ")[0] for r in long_steps).most_common(2),
         "stretches": len(stretches),
         "stretch_s": round(sum(r["s"] for r in stretches), 1),
         "stretch_max_s": max((r["s"] for r in stretches), default=0.0),

@@ -45,6 +45,7 @@ from typing import Any
 import httpx
 import psutil
 
+from benchmarks.child import read_result
 from benchmarks.common import EMULATOR_TOKEN, ChildServer, percentile, start_tracked_emulator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -209,11 +210,10 @@ def populate(
             start_new_session=True,
             check=False,
         )
-    for line in reversed(done.stdout.decode(errors="replace").splitlines()):
-        if line.startswith("RESULT "):
-            result: dict[str, Any] = json.loads(line[len("RESULT ") :])
-            result.pop("request_id_by_map_index", None)
-            return result
+    result = read_result(done.stdout.decode(errors="replace"))
+    if result is not None:
+        result.pop("request_id_by_map_index", None)
+        return result
     raise RuntimeError(f"populating the DB failed ({done.returncode}); see {log}")
 
 

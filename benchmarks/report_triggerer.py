@@ -201,7 +201,7 @@ def targets(
         f"ours {blocks} blocks > 1 s (longest {big.get('blocked_max_s')} s); "
         f"TimeDeltaTrigger baseline {base_blocks if base_blocks is not None else 'not run'}"
     )
-    attributed = _ours_attributed(loop_blocks)
+    attributed = _attributed(loop_blocks, "ours")
     if attributed is not None:
         from benchmarks.loop_blocks import provider_blocks, verdict_text
 
@@ -213,7 +213,7 @@ def targets(
             f"ran provider code, {collections} were garbage-collector pauses"
         )
         if not block_ok:
-            baseline = next((r for r in (loop_blocks or {})["rows"] if r.get("variant") == "timedelta"), None)
+            baseline = _attributed(loop_blocks, "timedelta")
             why.append(f"Loop blocks at N={attributed['n']:,}: {verdict_text(attributed, baseline)}")
     out.append(
         {
@@ -322,9 +322,10 @@ def _peer_reasons(
     return reasons
 
 
-def _ours_attributed(loop_blocks: dict[str, Any] | None) -> dict[str, Any] | None:
+def _attributed(loop_blocks: dict[str, Any] | None, variant: str) -> dict[str, Any] | None:
+    """One variant's summary from the same run's ``benchmarks.loop_blocks`` result, if it ran cleanly."""
     rows: list[dict[str, Any]] = (loop_blocks or {}).get("rows", [])
-    return next((r for r in rows if r.get("variant") == "ours" and not r.get("error")), None)
+    return next((r for r in rows if r.get("variant") == variant and not r.get("error")), None)
 
 
 def _latency_why(res: dict[str, Any], big: dict[str, Any], p99: float) -> str:

@@ -152,9 +152,9 @@ def populate(args: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     args = json.loads(Path(argv[0]).read_text()) if argv[0].endswith(".json") else json.loads(argv[0])
-    result = populate(args)
-    sys.stdout.write("RESULT " + json.dumps(result) + "\n")
-    sys.stdout.flush()
+    from benchmarks.child import write_result
+
+    write_result(populate(args))
     return 0
 
 
