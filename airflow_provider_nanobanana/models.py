@@ -342,7 +342,18 @@ def _error_text(error: Any) -> str:
     return str(error)[:500]
 
 
-EventStatus = Literal["success", "failed", "cancelled", "timeout", "error"]
+class EventStatus(str, Enum):
+    """How a wait ended: the ``status`` of a trigger's one event (a plain string in its payload).
+
+    A verdict of the waiter, not RunComfy's job state: ``timeout`` and ``error`` are ours, and
+    the job itself may still be running.
+    """
+
+    SUCCESS = "success"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"
+    ERROR = "error"
 
 
 class JobEvent(BaseModel):

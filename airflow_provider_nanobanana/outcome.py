@@ -16,7 +16,7 @@ from airflow_provider_nanobanana.exceptions import (
     RunComfyJobFailedError,
     RunComfyJobTimeoutError,
 )
-from airflow_provider_nanobanana.models import JobEvent, JobState, ResultResponse
+from airflow_provider_nanobanana.models import EventStatus, JobEvent, JobState, ResultResponse
 
 #: A deferral's own timeout sits this far past the trigger's deadline, so the trigger's clean
 #: ``timeout`` event (which lets ``execute_complete`` cancel and explain) always arrives first.
@@ -26,13 +26,13 @@ DEFERRAL_MARGIN_S = 120.0
 def raise_for_event(event: JobEvent) -> None:
     """Return only for ``success``; raise the error that names the request and the cause otherwise."""
     rid = event.request_id
-    if event.status == "success":
+    if event.status is EventStatus.SUCCESS:
         return
-    if event.status == "timeout":
+    if event.status is EventStatus.TIMEOUT:
         raise RunComfyJobTimeoutError(f"RunComfy request {rid}: {event.message}", request_id=rid)
-    if event.status == "cancelled":
+    if event.status is EventStatus.CANCELLED:
         raise RunComfyJobCancelledError(f"RunComfy request {rid} was cancelled", request_id=rid)
-    if event.status == "failed":
+    if event.status is EventStatus.FAILED:
         raise RunComfyJobFailedError(f"RunComfy request {rid}: {event.message}", request_id=rid)
     raise RunComfyError(f"RunComfy request {rid}: {event.message}")
 

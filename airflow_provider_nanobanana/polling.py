@@ -25,7 +25,7 @@ from airflow_provider_nanobanana.exceptions import (
     RunComfyRateLimitedError,
     RunComfyTransientError,
 )
-from airflow_provider_nanobanana.models import JobEvent, JobState, StatusResponse
+from airflow_provider_nanobanana.models import EventStatus, JobEvent, JobState, StatusResponse
 from airflow_provider_nanobanana.queue_drain import QueueDrain
 
 if TYPE_CHECKING:
@@ -247,11 +247,11 @@ class JobWatch:
             self.step += 1
         state = status.status
         if state is JobState.COMPLETED:
-            return self.event("success", "job completed", state=state)
+            return self.event(EventStatus.SUCCESS, "job completed", state=state)
         if state is JobState.FAILED:
-            return self.event("failed", f"job failed: {status.error_message}", state=state)
+            return self.event(EventStatus.FAILED, f"job failed: {status.error_message}", state=state)
         if state is JobState.CANCELLED:
-            return self.event("cancelled", "job was cancelled", state=state)
+            return self.event(EventStatus.CANCELLED, "job was cancelled", state=state)
         return None
 
     def _learn(self, status: StatusResponse, now: float) -> None:
@@ -297,15 +297,17 @@ class JobWatch:
             self.step += 1
             return None
         why = "" if not transient else f" ({self.consecutive_errors} consecutive failed polls)"
-        return self.event("error", f"polling {self.request_id} failed{why}: {exc}")
+        return self.event(EventStatus.ERROR, f"polling {self.request_id} failed{why}: {exc}")
 
     def timeout_event(self) -> JobEvent:
         last = self.state_text or (self.state.value if self.state else "never polled")
         extra = f"; last error: {self.last_error}" if self.last_error and self.consecutive_errors else ""
         waited = time.time() - self.started_epoch_s
-        return self.event("timeout", f"job not finished after {waited:.0f}s (last state: {last}){extra}")
+        return self.event(
+            EventStatus.TIMEOUT, f"job not finished after {waited:.0f}s (last state: {last}){extra}"
+        )
 
-    def event(self, status: str, message: str, *, state: JobState | None = None) -> JobEvent:
+    def event(self, status: EventStatus, message: str, *, state: JobState | None = None) -> JobEvent:
         return JobEvent.model_validate(
             {
                 "status": status,

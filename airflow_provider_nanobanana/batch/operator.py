@@ -22,7 +22,7 @@ from airflow_provider_nanobanana.batch.trigger import RunComfyBatchTrigger
 from airflow_provider_nanobanana.exceptions import ArchiveError, RunComfyError, RunComfyJobFailedError
 from airflow_provider_nanobanana.media.keys import fields_from_context, parse_s3_prefix, sanitize_key_field
 from airflow_provider_nanobanana.media.quality import BadOutputError, OnBadOutput
-from airflow_provider_nanobanana.models import EditRequest
+from airflow_provider_nanobanana.models import EditRequest, EventStatus
 from airflow_provider_nanobanana.operators.base import NanoBananaBaseOperator
 from airflow_provider_nanobanana.outcome import deferral_timeout
 from airflow_provider_nanobanana.report.link import ContactSheetLink
@@ -232,14 +232,14 @@ class NanoBananaBatchEditOperator(NanoBananaBaseOperator):
         if state is None:
             raise RunComfyError(f"batch checkpoint {checkpoint.uri} disappeared")
         state, missing = self._archive_completed(context, state, checkpoint)
-        if state.in_state(ItemState.PENDING) and (event is None or event.status == "success"):
+        if state.in_state(ItemState.PENDING) and (event is None or event.status is EventStatus.SUCCESS):
             self._defer_batch(checkpoint, state)  # on_bad_output="resubmit": the trigger pays again
         manifest = checkpoint.write_manifest(state, {"output_s3_uri": self.output_s3_uri})
         result = {**summary(state), "manifest": manifest, "checkpoint": checkpoint.uri}
         result["reused"] = sum(1 for item in state.items if item.reused_from)
         result["report"] = publish_batch_report(context, self.media, state, manifest_uri=manifest)
         self.log.info("Batch finished: %s; manifest %s", state.counts(), manifest)
-        if event is not None and event.status != "success":
+        if event is not None and event.status is not EventStatus.SUCCESS:
             raise RunComfyError(
                 f"batch ended with {event.status}: {event.message}; {state.counts()} ({manifest})"
             )

@@ -20,7 +20,7 @@ from airflow_provider_nanobanana.exceptions import (
     RunComfySubmitUnknownError,
     RunComfyTransientError,
 )
-from airflow_provider_nanobanana.models import JobEvent
+from airflow_provider_nanobanana.models import EventStatus, JobEvent
 from airflow_provider_nanobanana.polling import (
     JobWatch,
     PollBudget,
@@ -107,7 +107,7 @@ class BatchRun:
         while True:
             now = time.time()
             if now >= self.t.deadline_epoch_s:
-                return self._event("timeout", "batch deadline passed before every item finished")
+                return self._event(EventStatus.TIMEOUT, "batch deadline passed before every item finished")
             self._fill()
             due = [item_id for item_id, at in self.next_poll.items() if at <= now]
             if due:
@@ -116,7 +116,7 @@ class BatchRun:
                 self.last_foreign_check = now
                 await asyncio.gather(*(self._settle_from_claim(item_id) for item_id in list(self.foreign)))
             if not self.submits and all(item.state.is_final for item in self.state.items):
-                return self._event("success", "every item reached a final state")
+                return self._event(EventStatus.SUCCESS, "every item reached a final state")
             if self.dirty and time.time() - self.last_save >= SAVE_EVERY_S:
                 await self._save()
             self._progress()
@@ -366,13 +366,13 @@ class BatchRun:
 
     def _apply(self, item: BatchItem, event: JobEvent) -> None:
         self.dirty = True
-        if event.status == "success":
+        if event.status is EventStatus.SUCCESS:
             item.move(ItemState.COMPLETED)
-        elif event.status == "failed" and item.attempts <= self.t.item_retries:
+        elif event.status is EventStatus.FAILED and item.attempts <= self.t.item_retries:
             self.log.info("Item %s failed (%s); retrying it", item.id, event.message)
             item.request_id = None
             item.move(ItemState.PENDING, error=event.message)
-        elif event.status == "cancelled":
+        elif event.status is EventStatus.CANCELLED:
             item.move(ItemState.CANCELLED, error=event.message)
         else:
             item.move(ItemState.FAILED, error=event.message)
@@ -408,7 +408,7 @@ class BatchRun:
                 "Batch %s: %s (%d in flight)", self.state.batch_id, self.state.counts(), len(self.watches)
             )
 
-    def _event(self, status: str, message: str) -> BatchEvent:
+    def _event(self, status: EventStatus, message: str) -> BatchEvent:
         return BatchEvent.model_validate(
             {
                 "status": status,

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from airflow_provider_nanobanana.models import EventStatus
 from airflow_provider_nanobanana.redaction import redact_url
 
 
@@ -198,7 +199,7 @@ class BatchEvent(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    status: Literal["success", "timeout", "error"]
+    status: Literal[EventStatus.SUCCESS, EventStatus.TIMEOUT, EventStatus.ERROR]
     checkpoint_uri: str
     message: str = ""
     summary: dict[str, Any] = Field(default_factory=dict)

@@ -24,7 +24,7 @@ from airflow_provider_nanobanana.batch.checkpoint import BatchCheckpoint
 from airflow_provider_nanobanana.batch.run import BatchRun
 from airflow_provider_nanobanana.batch.state import BatchEvent, ItemState
 from airflow_provider_nanobanana.hooks.runcomfy import RunComfyHook
-from airflow_provider_nanobanana.models import DEFAULT_MODEL_ID
+from airflow_provider_nanobanana.models import DEFAULT_MODEL_ID, EventStatus
 from airflow_provider_nanobanana.polling import hold_until
 from airflow_provider_nanobanana.spend.budget import BudgetLimits, batch_ledger
 from airflow_provider_nanobanana.triggers.moves import task_still_deferred
@@ -126,7 +126,9 @@ class RunComfyBatchTrigger(BaseTrigger):
             event = await self._run()
         except Exception as exc:
             self.log.exception("RunComfy batch trigger failed")
-            event = BatchEvent(status="error", checkpoint_uri=uri, message=f"{type(exc).__name__}: {exc}")
+            event = BatchEvent(
+                status=EventStatus.ERROR, checkpoint_uri=uri, message=f"{type(exc).__name__}: {exc}"
+            )
         await hold_until(self.release_not_before_epoch_s)
         yield TriggerEvent(event.model_dump(mode="json"))
 
@@ -138,7 +140,7 @@ class RunComfyBatchTrigger(BaseTrigger):
         state = await asyncio.to_thread(checkpoint.load)
         if state is None:
             return BatchEvent(
-                status="error", checkpoint_uri=checkpoint.uri, message="no batch checkpoint there"
+                status=EventStatus.ERROR, checkpoint_uri=checkpoint.uri, message="no batch checkpoint there"
             )
         ledger = batch_ledger(checkpoint, BudgetLimits(self.max_paid_requests, self.max_spend_usd))
         return await BatchRun(self, hook, media, checkpoint, state, ledger=ledger).run()

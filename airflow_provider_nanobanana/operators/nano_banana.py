@@ -43,6 +43,7 @@ from airflow_provider_nanobanana.media.keys import (
 from airflow_provider_nanobanana.media.quality import BadOutputError, OnBadOutput, QualityGate
 from airflow_provider_nanobanana.models import (
     EditRequest,
+    EventStatus,
     JobEvent,
     JobState,
     StatusResponse,
@@ -301,7 +302,7 @@ class NanoBananaEditOperator(NanoBananaBaseOperator):
     # -- outcome policy (shared by the deferred and the in-place paths) ---------------------------
     def _finish(self, context: Context, event: JobEvent, paid_requests: int = 1) -> dict[str, Any]:
         self._request_id = event.request_id
-        if event.status == "timeout":
+        if event.status is EventStatus.TIMEOUT:
             self.hook.cancel_if_queued(event.request_id)
         raise_for_event(event)
         return self._complete(context, event.request_id, paid_requests)

@@ -14,7 +14,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_nanobanana.hooks.per_loop import waiters_on_loop, waiting_on_loop
 from airflow_provider_nanobanana.hooks.runcomfy import RunComfyHook
-from airflow_provider_nanobanana.models import JobEvent, validate_request_id
+from airflow_provider_nanobanana.models import EventStatus, JobEvent, validate_request_id
 from airflow_provider_nanobanana.polling import (
     JobWatch,
     PollPolicy,
@@ -123,7 +123,7 @@ class RunComfyJobTrigger(BaseTrigger):
             return watch.timeout_event()
         except Exception as exc:
             self.log.exception("RunComfy trigger for %s failed", self.request_id)
-            return watch.event("error", f"trigger failed: {type(exc).__name__}: {exc}")
+            return watch.event(EventStatus.ERROR, f"trigger failed: {type(exc).__name__}: {exc}")
 
     @staticmethod
     def _level_for(watch: JobWatch, logged_state: object) -> int:

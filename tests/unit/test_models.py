@@ -7,6 +7,8 @@ from airflow_provider_nanobanana.models import (
     CancelOutcome,
     CancelResponse,
     EditRequest,
+    EventStatus,
+    JobEvent,
     JobState,
     ResultResponse,
     StatusResponse,
@@ -190,3 +192,17 @@ def test_cancel_outcomes():
     assert not refused.cancelled
     assert refused.outcome is CancelOutcome.NOT_CANCELLABLE
     assert CancelResponse.model_validate({"outcome": "later"}).outcome is CancelOutcome.UNKNOWN
+
+
+@pytest.mark.parametrize("status", list(EventStatus))
+def test_an_event_payload_holds_its_status_as_a_plain_string(status):
+    # Trigger rows and XCom hold JSON: the payload must not carry the enum, and must read back as it.
+    payload = JobEvent(status=status, request_id="r1").model_dump(mode="json")
+    assert type(payload["status"]) is str
+    assert payload["status"] == status.value
+    assert JobEvent.model_validate(payload).status is status
+
+
+def test_an_event_with_an_unknown_status_names_the_allowed_ones():
+    with pytest.raises(ValueError, match="'success'.*'failed'.*'cancelled'.*'timeout'.*'error'"):
+        JobEvent.model_validate({"status": "done", "request_id": "r1"})
