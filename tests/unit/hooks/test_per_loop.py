@@ -260,3 +260,15 @@ def test_a_finished_loop_and_its_clients_are_let_go() -> None:
     gc.collect()
     assert loop() is None
     assert client() is None
+
+
+def test_a_waiter_that_ends_after_its_loops_release_does_not_raise() -> None:
+    """A trigger's generator closed by ``shutdown_asyncgens`` can end after the loop's release ran."""
+
+    async def wait_past_release() -> int:
+        await shared_async_client(SETTINGS, method="GET")  # loop state, so a release is registered
+        with per_loop.waiting_on_loop():
+            await asyncio.get_running_loop().shutdown_asyncgens()  # the release runs here
+        return per_loop.waiters_on_loop()
+
+    assert asyncio.run(wait_past_release()) == 0
