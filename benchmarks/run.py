@@ -33,13 +33,13 @@ from benchmarks.report import render
 SEED = 9
 MB = 2**20
 AIRFLOW_TRIGGERER_CAPACITY = 1000  # [triggerer] capacity default
-RESULTS_PATH = Path(".run/bench-results.json")
 DEFAULT_OUT = "docs/benchmarks.md"
 
 
 def results_path(out: str) -> Path:
-    """Where a run saves its raw results: ``.run/`` for the doc, beside any other ``--out``."""
-    return RESULTS_PATH if out == DEFAULT_OUT else Path(out).with_suffix(".json")
+    """Where a run saves its raw results: beside the page it writes (``docs/benchmarks.json``, committed,
+    so a fresh checkout can refresh one section with ``--only NAME --reuse docs/benchmarks.json``)."""
+    return Path(out).with_suffix(".json")
 
 
 @dataclass(frozen=True)
@@ -293,12 +293,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--reuse",
         metavar="JSON",
-        help=f"take the benchmarks not run now from an earlier run's {RESULTS_PATH} (the doc says which)",
+        help="take the benchmarks not run now from an earlier run's JSON, saved beside its page (the doc says which)",
     )
     parser.add_argument(
         "--render-from",
         metavar="JSON",
-        help=f"run nothing: rewrite the report and charts from a run's saved {RESULTS_PATH}",
+        help="run nothing: rewrite the report and charts from a run's saved JSON",
     )
     args = parser.parse_args(argv)
     if args.render_from:
