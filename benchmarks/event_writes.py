@@ -161,7 +161,7 @@ def measure_child(events: int, server_pid: int | None) -> dict[str, Any]:
     from airflow.utils.state import TaskInstanceState
     from sqlalchemy import func, select
 
-    from airflow_provider_nanobanana.models import JobEvent, JobState
+    from airflow_provider_nanobanana.models import EventStatus, JobEvent, JobState
 
     with create_session() as session:
         ids = list(session.scalars(select(Trigger.id).order_by(Trigger.id).limit(WARMUP + events)))
@@ -170,7 +170,7 @@ def measure_child(events: int, server_pid: int | None) -> dict[str, Any]:
 
     def submit(trigger_id: int) -> None:
         event = JobEvent(
-            status="success",
+            status=EventStatus.SUCCESS,
             request_id=f"req-{trigger_id:08d}",
             message="job completed",
             job_state=JobState.COMPLETED,

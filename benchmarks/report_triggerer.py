@@ -331,7 +331,8 @@ def _attributed(loop_blocks: dict[str, Any] | None, variant: str) -> dict[str, A
 def _latency_why(res: dict[str, Any], big: dict[str, Any], p99: float) -> str:
     """Where the p99 goes: the next poll after a job ends, then Airflow's line of event transactions."""
     n, rate = big["n"], res.get("poll_rate_per_s")
-    spread = _num(next(iter(res.get("limits", {}).values()), {}).get("spread_s"))
+    limits: dict[str, dict[str, Any]] = res.get("limits", {})
+    spread = _num(next(iter(limits.values()), {}).get("spread_s"))
     release_s = _num(big.get("release_phase_s"))
     text = (
         f"Latency p99 {p99:g} s at N={n:,} (missed by {p99 - TARGET_P99_S:.0f} s). "

@@ -65,7 +65,8 @@ def _hash(args: dict[str, Any]) -> dict[str, Any]:
         plain_get()
         fingerprint_input()  # warm both paths once
         base = rss_mb()
-        gets, hashes = [], []
+        gets: list[float] = []
+        hashes: list[float] = []
         for _ in range(5):
             for timed, out in ((plain_get, gets), (fingerprint_input, hashes)):
                 t0 = time.monotonic()
@@ -126,7 +127,7 @@ def _run_batch(run_id: str, n: int) -> tuple[float, dict[str, Any]]:
         max_failed_fraction=1.0,  # a lost submit on a loaded machine is reported, not fatal
         reuse_outputs=True,
     )
-    context: dict[str, Any] = {"ti": _TI(dag_id="bench", task_id="batch", run_id=run_id, map_index=-1)}
+    context: Any = {"ti": _TI(dag_id="bench", task_id="batch", run_id=run_id, map_index=-1)}
     t0 = time.monotonic()
     try:
         result = task.execute(context)
