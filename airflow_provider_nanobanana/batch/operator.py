@@ -241,7 +241,7 @@ class NanoBananaBatchEditOperator(NanoBananaBaseOperator):
         self.log.info("Batch finished: %s; manifest %s", state.counts(), manifest)
         if event is not None and event.status is not EventStatus.SUCCESS:
             raise RunComfyError(
-                f"batch ended with {event.status}: {event.message}; {state.counts()} ({manifest})"
+                f"batch ended with {event.status.value}: {event.message}; {state.counts()} ({manifest})"
             )
         skipped = state.in_state(ItemState.SKIPPED_BUDGET)
         if skipped and self.on_budget_exhausted is OnBudgetExhausted.FAIL:

@@ -221,8 +221,9 @@ def waiting_on_loop() -> Iterator[None]:
     try:
         yield
     finally:
-        # .get: a waiter in an async generator closed at shutdown may end after the loop's release.
-        _WAITERS[loop] = _WAITERS.get(loop, 1) - 1
+        # A waiter in an async generator closed at shutdown may end after the loop's release.
+        if loop in _WAITERS:
+            _WAITERS[loop] -= 1
 
 
 def waiters_on_loop() -> int:

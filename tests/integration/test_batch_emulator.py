@@ -363,3 +363,11 @@ def test_the_batch_reads_the_queue_with_the_single_job_triggers_model(emulator, 
     assert drain.moved >= drain.min_moved  # positions the batch's queued jobs were seen to move
     assert drain.spent_s > 0
     assert drain.run_s is not None  # and its completed jobs' run times
+
+
+def test_a_batch_past_its_deadline_fails_naming_the_plain_status(emulator, moto_s3, s3_bucket):
+    seed_inputs(moto_s3, s3_bucket, 3)
+    emulator.configure(queue_s=600, run_s=0.1, max_running=1)  # nothing finishes before the deadline
+    task = batch_operator(s3_bucket, timeout=1, max_failed_fraction=1.0)
+    with pytest.raises(RunComfyError, match=r"^batch ended with timeout: batch deadline passed"):
+        run_batch(task, batch_context())

@@ -269,6 +269,7 @@ def test_a_waiter_that_ends_after_its_loops_release_does_not_raise() -> None:
         await shared_async_client(SETTINGS, method="GET")  # loop state, so a release is registered
         with per_loop.waiting_on_loop():
             await asyncio.get_running_loop().shutdown_asyncgens()  # the release runs here
+            assert asyncio.get_running_loop() not in per_loop._WAITERS  # so this waiter outlives it
         return per_loop.waiters_on_loop()
 
     assert asyncio.run(wait_past_release()) == 0

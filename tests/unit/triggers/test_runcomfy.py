@@ -88,6 +88,7 @@ async def test_success_after_queue_and_progress():
     events = await events_of(trigger())
     assert len(events) == 1
     assert events[0]["status"] == "success"
+    assert type(events[0]["status"]) is str  # plain JSON in the trigger row, not the enum
     assert "images" not in events[0]  # a verdict: the worker fetches the result once
     assert result.call_count == 0
 
