@@ -36,6 +36,14 @@ AIRFLOW_TRIGGERER_CAPACITY = 1000  # [triggerer] capacity default
 DEFAULT_OUT = "docs/benchmarks.md"
 
 
+def _save(saved: dict[str, Any], path: Path) -> None:
+    """Whole or not at all: the file is committed, and a run killed mid-write must not truncate it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps(saved, default=str))
+    partial.replace(path)
+
+
 def results_path(out: str) -> Path:
     """Where a run saves its raw results: beside the page it writes (``docs/benchmarks.json``, committed,
     so a fresh checkout can refresh one section with ``--only NAME --reuse docs/benchmarks.json``)."""
@@ -323,29 +331,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         "reused_from": earlier_run.get("command"),
         "elapsed_s": 0.0,
     }
-    for name, bench in BENCHES.items():
-        if (args.only and name not in args.only) or name in args.skip:
-            if name in earlier:
-                # Each section keeps the command that measured it, however many reuses later.
-                results[name] = {"measured_by": earlier_run.get("command"), **earlier[name]}
-                saved["reused"].append(name)
-            continue
+    to_run = [name for name in BENCHES if not ((args.only and name not in args.only) or name in args.skip)]
+    for name in BENCHES:
+        if name not in to_run and name in earlier:
+            # Each section keeps the command that measured it, however many reuses later.
+            results[name] = {"measured_by": earlier_run.get("command"), **earlier[name]}
+            saved["reused"].append(name)
+    for name in to_run:
         print(f"== {name}", flush=True)
         started = time.monotonic()
         try:
-            results[name] = {**bench(plan), "measured_by": command, "code": code_version()}
+            results[name] = {**BENCHES[name](plan), "measured_by": command, "code": code_version()}
         except Exception as exc:  # noqa: BLE001 - one broken benchmark must not hide the others
             results[name] = {"error": f"{type(exc).__name__}: {exc}"}
         print(f"   {name} took {time.monotonic() - started:.0f}s", flush=True)
-        # Saved after every benchmark: an interrupted run keeps what finished (see --reuse).
+        # Saved after every benchmark, reused sections included: an interrupted run keeps what
+        # finished, and the file alone can still be --reuse'd or --render-from'd.
         saved["elapsed_s"] = time.monotonic() - t0
-        saved_at = results_path(args.out)
-        saved_at.parent.mkdir(parents=True, exist_ok=True)
-        saved_at.write_text(json.dumps(saved, default=str))
+        _save(saved, results_path(args.out))
     saved["elapsed_s"] = time.monotonic() - t0
-    # Saved again with the reused results, so this file alone can be --reuse'd or --render-from'd.
-    results_path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    results_path(args.out).write_text(json.dumps(saved, default=str))
+    _save(saved, results_path(args.out))
     text = write_report(saved, Path(args.out))
     print(text)
     print(f"wrote {args.out}", file=sys.stderr)
