@@ -53,7 +53,9 @@ async def _variant(name: str, base: str, path: str, requests: int, concurrency: 
             wall = await _closed_loop(get, path, requests, concurrency)
             return wall, cpu_s() - c0
     if name.startswith("RunComfyHook.aget_status"):
-        return await _hook_variant(name, base, path, requests, concurrency)
+        # Each in a loop of its own: the provider keeps one GET client per loop and picks its
+        # transport when it builds it, so a second variant on this loop would reuse the first's.
+        return await asyncio.to_thread(asyncio.run, _hook_variant(name, base, path, requests, concurrency))
     if name == "httpx + AiohttpTransport":
         from httpx_aiohttp import AiohttpTransport
 
@@ -85,6 +87,7 @@ async def _hook_variant(
 ) -> tuple[float, float]:
     import os
 
+    from airflow_provider_nanobanana.hooks.per_loop import ReadOnlyTransport, shared_async_client
     from airflow_provider_nanobanana.hooks.runcomfy import RunComfyHook
 
     os.environ["AIRFLOW__NANOBANANA__POLL_TRANSPORT"] = HOOK_VARIANTS[name]
@@ -96,6 +99,9 @@ async def _hook_variant(
         return 200
 
     await _closed_loop(get, path, 50, concurrency)
+    client = await shared_async_client(hook.settings, method="GET")
+    if isinstance(client._transport, ReadOnlyTransport) != (HOOK_VARIANTS[name] == "aiohttp"):
+        raise RuntimeError(f"{name}: the hook's GET client has {type(client._transport).__name__}")
     c0 = cpu_s()
     wall = await _closed_loop(get, path, requests, concurrency)
     return wall, cpu_s() - c0
