@@ -204,5 +204,5 @@ def test_an_event_payload_holds_its_status_as_a_plain_string(status):
 
 
 def test_an_event_with_an_unknown_status_names_the_allowed_ones():
-    with pytest.raises(ValueError, match="'success'.*'failed'.*'cancelled'.*'timeout'.*'error'"):
+    with pytest.raises(ValueError, match=r"'success'.*'failed'.*'cancelled'.*'timeout'.*'error'"):
         JobEvent.model_validate({"status": "done", "request_id": "r1"})
